@@ -75,6 +75,9 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
 
     #: whether the method reads attention probabilities (then ``attention_modules`` are required)
     needs_attention: bool = True
+    #: time budget in multiples of the gradient floor (one forward + the gradient of
+    #: the explained scores w.r.t. the embedding output), checked by ``benchmarks.speed``
+    floor_budget: float = 1.3
 
     def __init__(
         self,

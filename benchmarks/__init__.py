@@ -1,0 +1,1 @@
+"""Benchmarks: faithfulness metrics, task data, runners and the speed harness."""
