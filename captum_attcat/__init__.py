@@ -8,6 +8,15 @@ Example::
 """
 
 from ._core.attcat import CAT, AttCAT
+from ._core.attention_baselines import (
+    GAE,
+    AttentionGradCAM,
+    AttentionGradient,
+    AttentionRollout,
+    GradSAM,
+    RawAttention,
+)
+from ._core.lrp_methods import LRPAttribution, PartialLRP, TransAtt, TransformerLRP
 from ._core.base import TransformerAttribution
 from ._core.registry import METHODS, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
@@ -18,9 +27,19 @@ __version__ = "0.1.0"
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "AttCAT",
+    "AttentionGradCAM",
+    "AttentionGradient",
+    "AttentionRollout",
     "CAT",
+    "GAE",
+    "GradSAM",
+    "LRPAttribution",
     "METHODS",
+    "PartialLRP",
+    "RawAttention",
+    "TransAtt",
     "TransformerAdapter",
     "TransformerAttribution",
+    "TransformerLRP",
     "register_method",
 ]

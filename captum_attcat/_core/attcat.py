@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .._utils.validation import check_token_inputs, check_token_mask
 from .base import GradientPass, TransformerAttribution
+from .maps import received_attention
 from .registry import register_method
 
 
@@ -34,16 +35,6 @@ def class_activation_tokens(run: GradientPass) -> Tensor:
     dtype = torch.promote_types(run.states[0].dtype, torch.float32)
     return torch.stack(
         [(g.to(dtype) * h.to(dtype)).sum(-1) for g, h in zip(run.state_grads, run.states)], dim=1
-    )
-
-
-def received_attention(attentions: list[Tensor], query_mask: Tensor) -> Tensor:
-    """``(batch, blocks, keys)``: attention each key receives, mean over heads, then
-    mean over the query rows where ``query_mask`` is 1."""
-    rows = query_mask.sum(1)
-    weights = (query_mask / rows[:, None])[:, :, None]  # (batch, queries, 1)
-    return torch.stack(
-        [(a.to(torch.float32).mean(1) * weights).sum(1) for a in attentions], dim=1
     )
 
 

@@ -118,6 +118,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         block_inputs: bool | None = True,
         attention: bool = False,
         attention_grads: bool = False,
+        backward: bool = True,
     ) -> GradientPass:
         """One forward and one backward pass.
 
@@ -126,6 +127,8 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         ``attention_grads``: also their gradients. Hugging Face attention always
         runs through the library's eager implementation, so every method sees
         the same numbers whatever implementation the model was loaded with.
+        ``backward=False``: forward only (no gradients, scores empty); ``target``
+        is then optional and only checked when given.
         """
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
@@ -136,11 +139,20 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         handles: list = []
         states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
         try:
-            with explanation_mode(roots), torch.enable_grad(), use_attention_handler(recorder):
+            with explanation_mode(roots), torch.set_grad_enabled(backward), use_attention_handler(recorder):
                 if attention:
                     handles = recorder.hook_outputs(hooked)
                 with states:
                     output = adapter.forward(inputs, *args)
+                if not backward:
+                    if target is not None:
+                        check_target(target, output)
+                    return GradientPass(
+                        inputs=inputs,
+                        attention_mask=attention_mask,
+                        scores=output.new_empty(0),
+                        attentions=_captured(recorder.probabilities) if attention else [],
+                    )
                 check_target(target, output)
                 scores = _select_targets(output, target)
                 if scores.dim() != 1:

@@ -1,0 +1,184 @@
+"""Attention and attention-gradient baselines of the AttCAT and Mask-LRP papers, and GAE.
+
+``A(l)`` is block ``l``'s attention ``(batch, heads, queries, keys)``, ``grad``
+the gradient of the explained logit. Methods that read the [CLS] query row
+(row 0) return 0 at [CLS] itself (the AttCAT and Mask-LRP copies of the
+reference code do the same; Chefer's writes the row minimum), except
+:class:`GAE`, which keeps its own value there (``R[0, 0] >= 1``, the identity it
+starts from), as the GAE reference does. Methods that score every key
+(:class:`AttentionGradient`, :class:`GradSAM`) return their value at [CLS].
+Padding always scores 0.
+
+Example::
+
+    >>> from captum_attcat import AttentionRollout, GAE
+    >>> AttentionRollout(model).attribute(input_ids, additional_forward_args=(attention_mask,))
+    >>> GAE(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor
+
+from .base import GradientPass, TransformerAttribution
+from .maps import cls_row, head_mean, positive_head_mean, query_mean, rollout, token_mask_of, wide
+from .registry import register_method
+
+_ARGS = r"""
+        Args:
+            inputs: token ids ``(batch, seq)``, or input embeddings
+                ``(batch, seq, hidden)`` when the forward function takes them.
+            target: the output index to explain, as Captum's ``TargetType``{target_note}.
+            additional_forward_args: further arguments of the forward function;
+                the first is the attention mask ``(batch, seq)``.
+
+        Returns:
+            ``(batch, seq)`` float32 token scores; padding scores 0.
+"""
+
+
+def _mask(run: GradientPass) -> Tensor:
+    return token_mask_of(run.attention_mask, run.inputs)
+
+
+class _AttentionOnly(TransformerAttribution):
+    """Methods that read attention probabilities only (one forward, no gradient)."""
+
+    def _attention(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
+        return self._gradient_pass(
+            inputs, target, additional_forward_args, block_inputs=None, attention=True, backward=False
+        )
+
+
+class _AttentionGradients(TransformerAttribution):
+    """Methods that read attention probabilities and their gradients (one forward, one backward)."""
+
+    def _attention(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
+        return self._gradient_pass(inputs, target, additional_forward_args, block_inputs=None, attention_grads=True)
+
+
+@register_method("RawAttention")
+class RawAttention(_AttentionOnly):
+    r"""Raw attention (RawAtt): the last block's attention, mean over heads, row 0.
+
+    Example::
+
+        >>> RawAttention(model).attribute(input_ids, additional_forward_args=(attention_mask,))
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._attention(inputs, target, additional_forward_args)
+        return cls_row(head_mean(run.attentions[-1]), _mask(run))
+
+    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)")
+
+
+@register_method("AttentionRollout")
+class AttentionRollout(_AttentionOnly):
+    r"""Attention rollout (Abnar & Zuidema 2020): ``Â(l) = mean_h A(l) + I``,
+    row-normalised; ``Â(L) ··· Â(1)``, row 0.
+
+    Example::
+
+        >>> AttentionRollout(model).attribute(input_ids, additional_forward_args=(attention_mask,))
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._attention(inputs, target, additional_forward_args)
+        return cls_row(rollout([head_mean(a) for a in run.attentions]), _mask(run))
+
+    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)")
+
+
+@register_method("AttentionGradient")
+class AttentionGradient(_AttentionGradients):
+    r"""Attention gradient ("Grads"; "CAM" in Mask-LRP): the gradient of the
+    last block's attention, mean over heads and over the query rows of real
+    tokens, clamped at 0.
+
+    Example::
+
+        >>> AttentionGradient(model).attribute(input_ids, target=1)
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._attention(inputs, target, additional_forward_args)
+        mask = _mask(run)
+        return query_mean(head_mean(run.attention_grads[-1]), mask).clamp(min=0) * mask
+
+    attribute.__doc__ = _ARGS.format(target_note="")
+
+
+@register_method("AttentionGradCAM")
+class AttentionGradCAM(_AttentionGradients):
+    r"""Attention Grad-CAM (Att-GradCAM; "GradCAM" in Mask-LRP): head weights
+    ``w_h`` = mean of ``grad A(L)_h``; ``mean_h(w_h A(L)_h)`` clamped at 0,
+    min-max scaled over the real tokens, row 0.
+
+    Example::
+
+        >>> AttentionGradCAM(model).attribute(input_ids, target=1)
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._attention(inputs, target, additional_forward_args)
+        mask = _mask(run)
+        pairs = (mask[:, :, None] * mask[:, None, :])[:, None]  # (batch, 1, q, k): real x real
+        grads = wide(run.attention_grads[-1]) * pairs
+        weights = grads.sum((2, 3), keepdim=True) / pairs.sum((2, 3), keepdim=True)
+        cam = (weights * wide(run.attentions[-1])).mean(1).clamp(min=0)
+        pairs = pairs[:, 0].bool()
+        low = cam.masked_fill(~pairs, float("inf")).amin((1, 2), keepdim=True)
+        high = cam.masked_fill(~pairs, float("-inf")).amax((1, 2), keepdim=True)
+        spread = high - low
+        scaled = torch.where(spread > 0, (cam - low) / spread.clamp(min=torch.finfo(cam.dtype).tiny), 0.0)
+        return cls_row(scaled, mask)
+
+    attribute.__doc__ = _ARGS.format(target_note="")
+
+
+@register_method("GradSAM")
+class GradSAM(_AttentionGradients):
+    r"""Grad-SAM (Barkan et al. 2021; "AttGrads"): mean over blocks and heads of
+    ``A ⊙ relu(grad A)``, averaged over the query rows of real tokens.
+
+    Example::
+
+        >>> GradSAM(model).attribute(input_ids, target=1)
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._attention(inputs, target, additional_forward_args)
+        mask = _mask(run)
+        maps = [head_mean(wide(a) * wide(g).clamp(min=0)) for a, g in zip(run.attentions, run.attention_grads)]
+        return query_mean(torch.stack(maps).mean(0), mask) * mask
+
+    attribute.__doc__ = _ARGS.format(target_note="")
+
+
+@register_method("GAE")
+class GAE(_AttentionGradients):
+    r"""Generic Attention-model Explainability (Chefer et al. 2021a):
+    ``Ā(l) = mean_h (grad A(l) ⊙ A(l))^+``; ``R = I``, then ``R ← R + Ā(l) R``
+    for ``l = 1..L``; row 0, [CLS] included (``R[0, 0] >= 1``).
+
+    Example::
+
+        >>> GAE(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._attention(inputs, target, additional_forward_args)
+        relevance = None
+        for attention, grad in zip(run.attentions, run.attention_grads):
+            weighted = positive_head_mean(grad, attention)
+            if relevance is None:
+                relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype, device=weighted.device).expand_as(weighted)
+            relevance = relevance + weighted @ relevance
+        return cls_row(relevance, _mask(run), keep_cls=True)
+
+    attribute.__doc__ = _ARGS.format(target_note="")

@@ -1,0 +1,234 @@
+"""LRP-based methods: relevance at the attention maps and at the encoder input.
+
+One forward pass runs under the LRP engine (:mod:`captum_attcat.lrp`); its
+graph is walked back once for gradients (when the method needs them) and once
+for relevance, which starts as 1.0 at the explained logit. ``R_A(l)`` is the
+relevance at block ``l``'s attention probabilities (what ``A·V`` hands to
+``A``), the encoder input is the input of the first block.
+
+At [CLS]: :class:`PartialLRP` and :class:`TransAtt` read the [CLS] query row and
+return 0 at [CLS] itself (as the AttCAT and Mask-LRP copies of the reference
+code; Chefer's writes the row minimum for TransAtt); :class:`TransformerLRP`
+returns the relevance [CLS] really receives (Chefer's code writes 0), so its
+scores sum to the relevance that reaches the encoder input. Padding scores 0.
+
+Example::
+
+    >>> from captum_attcat import TransAtt
+    >>> TransAtt(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from captum._utils.common import _select_targets
+from captum._utils.typing import TargetType
+from torch import Tensor
+from torch.nn import Module
+
+from .._utils.attention import AttentionRecorder, attention_configs, use_attention_handler
+from .._utils.hooks import BlockStates
+from .._utils.state import explanation_mode
+from .._utils.validation import check_target
+from ..lrp.engine import Propagation, lrp_forward
+from ..lrp.rules import LRPRules
+from .base import TransformerAttribution, _captured
+from .maps import cls_row, positive_head_mean, rollout, token_mask_of, wide
+from .registry import register_method
+
+
+@dataclass
+class RelevancePass:
+    """What one LRP forward and its backward passes gave.
+
+    Attributes:
+        inputs: the validated inputs.
+        token_mask: ``(batch, seq)`` float, 1 for real tokens.
+        scores: explained scores ``(batch,)`` (detached).
+        blocks: the block indices the per-block lists below refer to.
+        attentions: attention probabilities of ``blocks`` (detached).
+        attention_grads: their gradients, if asked for.
+        attention_relevance: their relevance ``R_A``.
+        input_relevance: relevance at the encoder input ``(batch, seq, hidden)``, if asked for.
+    """
+
+    inputs: Tensor
+    token_mask: Tensor
+    scores: Tensor
+    blocks: list[int]
+    attentions: list[Tensor] = field(default_factory=list)
+    attention_grads: list[Tensor] = field(default_factory=list)
+    attention_relevance: list[Tensor] = field(default_factory=list)
+    input_relevance: Tensor | None = None
+
+
+class LRPAttribution(TransformerAttribution):
+    r"""Base of the LRP-based methods.
+
+    Args:
+        forward_func: a Hugging Face model, or a forward function with ``layers``
+            and ``attention_modules`` (see :class:`TransformerAttribution`).
+        layers: the transformer blocks (explicit form).
+        attention_modules: one attention module per block (explicit form).
+        rules: the LRP rules (:class:`~captum_attcat.lrp.LRPRules`); the
+            default is the reference rule set of Chefer et al. (2021b).
+    """
+
+    floor_budget = 2.5
+
+    def __init__(
+        self,
+        forward_func: Module | Callable[..., Any],
+        layers: Sequence[Module] | None = None,
+        attention_modules: Sequence[Module] | None = None,
+        rules: LRPRules | None = None,
+    ) -> None:
+        super().__init__(forward_func, layers, attention_modules)
+        if rules is not None and not isinstance(rules, LRPRules):
+            raise TypeError(f"`rules` must be an LRPRules object, got {type(rules).__name__}")
+        self.rules = rules if rules is not None else LRPRules()
+
+    def _relevance_pass(
+        self,
+        inputs: Any,
+        target: TargetType,
+        additional_forward_args: Any,
+        blocks: Sequence[int] = (),
+        attention_grads: bool = False,
+        input_relevance: bool = False,
+    ) -> RelevancePass:
+        """One forward under the LRP engine; gradients (if asked) and relevance at
+        the attention maps of ``blocks`` and (if asked) at the encoder input."""
+        inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
+        adapter = self.adapter
+        roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
+        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=True)
+        hooked = [m for m in adapter.attention_modules if not attention_configs([m])]
+        states = BlockStates(adapter.blocks[:1], inputs=True)
+        propagation = Propagation(self.rules)
+        handles: list = []
+        blocks = list(blocks)
+        try:
+            with explanation_mode(roots), torch.enable_grad(), use_attention_handler(recorder):
+                for root in roots:  # only tensors computed from the input carry relevance
+                    for parameter in root.parameters():
+                        parameter.requires_grad_(False)
+                handles = recorder.hook_outputs(hooked)
+                with states, lrp_forward(propagation):
+                    output = adapter.forward(inputs, *args)
+                check_target(target, output)
+                scores = _select_targets(output, target)
+                if scores.dim() != 1:
+                    raise ValueError(
+                        f"the explained scores have shape {tuple(scores.shape)}; expected one score "
+                        "per example: pass a `target` that selects a single output"
+                    )
+                attentions = [_captured(recorder.probabilities)[b] for b in blocks]
+                grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
+                wrt = attentions + (states.captured() if input_relevance else [])
+                relevance = propagation.relevance(scores, wrt) if wrt else []
+        finally:
+            for handle in handles:
+                handle.remove()
+            states.remove()
+        return RelevancePass(
+            inputs=inputs,
+            token_mask=token_mask_of(attention_mask, inputs),
+            scores=scores.detach(),
+            blocks=blocks,
+            attentions=[a.detach() for a in attentions],
+            attention_grads=list(grads),
+            attention_relevance=relevance[: len(blocks)],
+            input_relevance=relevance[len(blocks)] if input_relevance else None,
+        )
+
+
+_ARGS = r"""
+        Args:
+            inputs: token ids ``(batch, seq)``, or input embeddings
+                ``(batch, seq, hidden)`` when the forward function takes them.
+            target: the output index to explain, as Captum's ``TargetType``;
+                relevance starts as 1.0 at this (pre-softmax) logit.
+            additional_forward_args: further arguments of the forward function;
+                the first is the attention mask ``(batch, seq)``.{extra}
+
+        Returns:
+            ``(batch, seq)`` float32 token scores; padding scores 0.
+"""
+
+
+@register_method("TransformerLRP")
+class TransformerLRP(LRPAttribution):
+    r"""Full LRP ("LRP" in the papers): the relevance at the encoder input (the
+    first block's input), summed over hidden units.
+
+    [CLS] keeps the relevance it receives, so with the default rules the scores
+    of an example sum to the relevance that reaches the encoder input.
+
+    Example::
+
+        >>> TransformerLRP(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
+    """
+
+    needs_attention = False
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        run = self._relevance_pass(inputs, target, additional_forward_args, input_relevance=True)
+        return wide(run.input_relevance).sum(-1) * run.token_mask  # type: ignore[arg-type]
+
+    attribute.__doc__ = _ARGS.format(extra="")
+
+
+@register_method("PartialLRP")
+class PartialLRP(LRPAttribution):
+    r"""Partial LRP (Voita et al. 2019, as in Chefer et al. 2021b): the
+    relevance of the last block's attention, clamped at 0, mean over heads, row 0.
+
+    Example::
+
+        >>> PartialLRP(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
+    """
+
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+        last = len(self.adapter.blocks) - 1
+        run = self._relevance_pass(inputs, target, additional_forward_args, blocks=[last])
+        cam = wide(run.attention_relevance[0]).clamp(min=0).mean(1)
+        return cls_row(cam, run.token_mask)
+
+    attribute.__doc__ = _ARGS.format(extra="")
+
+
+@register_method("TransAtt")
+class TransAtt(LRPAttribution):
+    r"""Transformer attribution (Chefer et al. 2021b):
+    ``Ā(l) = mean_h (grad A(l) ⊙ R_A(l))^+``; ``(Ā + I)`` row-normalised;
+    product over blocks ``start_layer..L``; row 0.
+
+    Example::
+
+        >>> TransAtt(model).attribute(input_ids, target=1, start_layer=0)
+    """
+
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        start_layer: int = 0,
+    ) -> Tensor:
+        n_blocks = len(self.adapter.blocks)
+        if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < n_blocks:
+            raise ValueError(f"`start_layer` must be an int in [0, {n_blocks}) (the model has {n_blocks} blocks); "
+                             f"got {start_layer!r}")
+        run = self._relevance_pass(
+            inputs, target, additional_forward_args, blocks=range(start_layer, n_blocks), attention_grads=True
+        )
+        maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, run.attention_relevance)]
+        return cls_row(rollout(maps), run.token_mask)
+
+    attribute.__doc__ = _ARGS.format(
+        extra="\n            start_layer: the first block of the rollout (0: all blocks)."
+    )

@@ -1,0 +1,73 @@
+"""Token x token maps to token scores: the arithmetic the attention-based methods share.
+
+Maps are per block ``(batch, heads, queries, keys)`` (attention probabilities,
+their gradients, their relevance) or head-averaged ``(batch, queries, keys)``;
+``token_mask`` is ``(batch, seq)`` with 1 for real tokens and 0 for padding.
+
+Example::
+
+    >>> joint = rollout([head_mean(a) for a in attentions])
+    >>> scores = cls_row(joint, token_mask)          # row 0, 0 at [CLS] and padding
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def wide(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32 (or wider)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def head_mean(maps: Tensor) -> Tensor:
+    """``(batch, heads, q, k) -> (batch, q, k)``: mean over heads, in float32 or wider."""
+    return wide(maps).mean(1)
+
+
+def positive_head_mean(first: Tensor, second: Tensor) -> Tensor:
+    """``mean_h (first ⊙ second)^+`` (clamped before the mean, as the reference code)."""
+    return (wide(first) * wide(second)).clamp(min=0).mean(1)
+
+
+def query_mean(maps: Tensor, query_mask: Tensor) -> Tensor:
+    """``(batch, q, k) -> (batch, k)``: mean over the query rows where ``query_mask`` is 1."""
+    weights = query_mask.to(maps.dtype) / query_mask.sum(1, keepdim=True).to(maps.dtype)
+    return (maps * weights[:, :, None]).sum(1)
+
+
+def received_attention(attentions: Sequence[Tensor], query_mask: Tensor) -> Tensor:
+    """``(batch, blocks, keys)``: attention each key receives, mean over heads, then
+    mean over the query rows where ``query_mask`` is 1."""
+    return torch.stack([query_mean(head_mean(a), query_mask) for a in attentions], dim=1)
+
+
+def rollout(maps: Sequence[Tensor]) -> Tensor:
+    """``Â(L) ··· Â(1)`` with ``Â = (M + I)`` row-normalised, for maps ``(batch, n, n)``
+    given first block first."""
+    eye = torch.eye(maps[0].shape[-1], dtype=maps[0].dtype, device=maps[0].device)
+    joint = None
+    for matrix in maps:
+        matrix = matrix + eye
+        matrix = matrix / matrix.sum(-1, keepdim=True)
+        joint = matrix if joint is None else matrix @ joint
+    return joint  # type: ignore[return-value]
+
+
+def cls_row(matrix: Tensor, token_mask: Tensor, keep_cls: bool = False) -> Tensor:
+    """Row 0 (the [CLS] query) of ``(batch, n, n)``; padding set to 0 and, unless
+    ``keep_cls``, position 0 too (its self-score is no explanation of the others)."""
+    row = matrix[:, 0] * token_mask.to(matrix.dtype)
+    if not keep_cls:
+        row[:, 0] = 0
+    return row
+
+
+def token_mask_of(attention_mask: Tensor | None, inputs: Tensor) -> Tensor:
+    """The attention mask as float ``(batch, seq)``, all ones when none was given."""
+    if attention_mask is None:
+        return torch.ones(inputs.shape[:2], device=inputs.device)
+    return attention_mask.to(inputs.device, torch.float32)

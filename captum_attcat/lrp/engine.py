@@ -1,0 +1,252 @@
+"""The LRP engine: one forward pass whose backward gives gradients *or* relevance.
+
+During :func:`lrp_forward`, a ``torch.overrides.TorchFunctionMode`` sees every
+torch operation the model runs. Each operation on tensors that carry
+relevance (tensors computed from the explained input, i.e. that require
+grad; parameters are frozen for the pass) is replaced by a
+``torch.autograd.Function`` computing the same output, whose backward applies
+either the ordinary chain rule or the LRP rule chosen in :class:`LRPRules`:
+
+- ``linear`` (every ``nn.Linear``), ``elementwise`` (LayerNorm, GELU, ReLU,
+  tanh, softmax, dropout, scaling by a constant), ``add`` (residual sums),
+  ``product`` (``Q K^T`` and ``A V``, whichever attention code computes them);
+- operations that only move values around (views, transposes, indexing,
+  copies, casts) keep their own backward, which moves relevance alike
+  (a tensor used twice receives the sum of the relevance of both uses);
+- any other operation on relevance-carrying tensors raises, naming it.
+
+So the engine needs no per-architecture code: ``torch.autograd.grad`` of the
+explained logits in :meth:`Propagation.relevance` mode yields the relevance of
+any tensor of the forward pass (attention probabilities, block inputs), and in
+gradient mode the ordinary gradients, on the same graph.
+
+Example::
+
+    >>> propagation = Propagation(LRPRules())
+    >>> with lrp_forward(propagation):
+    ...     logits = model(inputs_embeds=embeddings.requires_grad_()).logits
+    >>> grads = propagation.gradients(logits[:, 1].sum(), [embeddings], retain_graph=True)
+    >>> relevance = propagation.relevance(logits[:, 1].sum(), [embeddings])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+from torch.overrides import TorchFunctionMode
+
+from .rules import LRPRules
+
+
+class Propagation:
+    """Rules plus the switch that decides what the backward of the graph computes."""
+
+    def __init__(self, rules: LRPRules | None = None) -> None:
+        self.rules = rules if rules is not None else LRPRules()
+        self.relevance_mode = False
+
+    def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
+        """Ordinary gradients of ``output`` (summed) w.r.t. ``inputs``."""
+        return self._backward(False, output, inputs, retain_graph)
+
+    def relevance(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
+        """LRP relevance at ``inputs``, starting from relevance 1.0 at each entry of ``output``."""
+        return self._backward(True, output, inputs, retain_graph)
+
+    def _backward(self, relevance: bool, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> list[Tensor]:
+        self.relevance_mode = relevance
+        try:
+            grads = torch.autograd.grad(
+                output, list(inputs), torch.ones_like(output), retain_graph=retain_graph, allow_unused=True
+            )
+        finally:
+            self.relevance_mode = False
+        return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor) -> Tensor:
+    """The chain rule through ``fn`` at ``x``, recomputing ``fn`` (cheap elementwise ops)."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_()
+        (result,) = torch.autograd.grad(fn(leaf), leaf, grad)
+    return result
+
+
+class _Linear(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, rule, propagation):  # type: ignore[override]
+        output = F.linear(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, output)
+        ctx.rule, ctx.propagation = rule, propagation
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, bias, output = ctx.saved_tensors
+        if ctx.propagation.relevance_mode:
+            result = ctx.rule.relevance(x, weight, bias, output, grad).to(x.dtype)
+        else:
+            result = grad.matmul(weight.to(grad.dtype)).to(x.dtype)
+        return result, None, None, None, None
+
+
+class _Elementwise(Function):
+    @staticmethod
+    def forward(ctx, x, fn, propagation):  # type: ignore[override]
+        output = fn(x)
+        ctx.save_for_backward(x, output)
+        ctx.fn, ctx.propagation = fn, propagation
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, output = ctx.saved_tensors
+        if ctx.propagation.relevance_mode:
+            result = ctx.propagation.rules.elementwise.relevance(x, output, grad)
+        else:
+            result = _vjp(ctx.fn, x, grad)
+        return result.to(x.dtype), None, None
+
+
+class _Add(Function):
+    @staticmethod
+    def forward(ctx, a, b, propagation):  # type: ignore[override]
+        output = torch.add(a, b)
+        ctx.save_for_backward(a, b, output)
+        ctx.propagation = propagation
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b, output = ctx.saved_tensors
+        if ctx.propagation.relevance_mode:
+            ra, rb = ctx.propagation.rules.add.relevance(a, b, output, grad)
+        else:
+            ra, rb = grad.sum_to_size(a.shape), grad.sum_to_size(b.shape)
+        return ra.to(a.dtype), rb.to(b.dtype), None
+
+
+class _Product(Function):
+    @staticmethod
+    def forward(ctx, a, b, propagation):  # type: ignore[override]
+        output = torch.matmul(a, b)
+        ctx.save_for_backward(a, b, output)
+        ctx.propagation = propagation
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b, output = ctx.saved_tensors
+        if ctx.propagation.relevance_mode:
+            ra, rb = ctx.propagation.rules.product.relevance(a, b, output, grad)
+        else:
+            ra = (grad @ b.transpose(-1, -2).to(grad.dtype)).sum_to_size(a.shape)
+            rb = (a.transpose(-1, -2).to(grad.dtype) @ grad).sum_to_size(b.shape)
+        return ra.to(a.dtype), rb.to(b.dtype), None
+
+
+def _carries(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.requires_grad
+
+
+_LINEAR = {F.linear}
+_ELEMENTWISE = {
+    F.layer_norm, torch.layer_norm, F.rms_norm, F.gelu, F.relu, torch.relu, Tensor.relu, F.silu,
+    torch.tanh, Tensor.tanh, F.tanh, torch.softmax, Tensor.softmax, F.softmax, F.dropout,
+}
+_ADD = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__}
+_SCALE = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.div, Tensor.div, Tensor.__truediv__}
+_PRODUCT = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm}
+# operations whose own backward moves relevance as it moves values
+_MOVES = {
+    Tensor.view, Tensor.view_as, Tensor.reshape, Tensor.reshape_as, torch.reshape, Tensor.transpose,
+    torch.transpose, Tensor.permute, torch.permute, Tensor.contiguous, Tensor.__getitem__, Tensor.select,
+    torch.select, Tensor.narrow, torch.narrow, Tensor.unsqueeze, torch.unsqueeze, Tensor.squeeze,
+    torch.squeeze, Tensor.flatten, torch.flatten, Tensor.unflatten, Tensor.expand, Tensor.expand_as,
+    Tensor.repeat_interleave, torch.repeat_interleave, Tensor.clone, torch.clone, Tensor.to, Tensor.type,
+    Tensor.float, Tensor.double, Tensor.half, Tensor.bfloat16, Tensor.split, torch.split, Tensor.chunk,
+    torch.chunk, Tensor.unbind, torch.unbind, torch.cat, torch.concat, torch.stack, Tensor.detach,
+    Tensor.requires_grad_, Tensor.t, Tensor.movedim, torch.movedim, Tensor.__setitem__, Tensor.masked_fill,
+    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather, Tensor.mT.__get__, Tensor.T.__get__,
+}
+
+
+class _LRPMode(TorchFunctionMode):
+    def __init__(self, propagation: Propagation) -> None:
+        super().__init__()
+        self.propagation = propagation
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _MOVES:
+            return func(*args, **kwargs)
+        propagation = self.propagation
+        if func in _LINEAR:
+            x = args[0]
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if _carries(x):
+                rule = propagation.rules.linear_rule_for(weight)
+                return _Linear.apply(x, weight, bias, rule, propagation)
+            return func(*args, **kwargs)
+        if func in _ELEMENTWISE:
+            if args and _carries(args[0]):
+                rest = args[1:]
+                return _Elementwise.apply(args[0], lambda x: func(x, *rest, **kwargs), propagation)
+            return func(*args, **kwargs)
+        if func in _ADD or func in _SCALE or func in _PRODUCT:
+            a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
+            carry_a, carry_b = _carries(a), _carries(b)
+            if carry_a and carry_b:
+                if func in _ADD and "alpha" not in kwargs and not kwargs.get("out"):
+                    return _Add.apply(a, b, propagation)
+                if func in _PRODUCT and a.dim() >= 2 and b.dim() >= 2:
+                    return _Product.apply(a, b, propagation)
+                raise NotImplementedError(_no_rule(func, "two relevance-carrying operands"))
+            if carry_a or carry_b:
+                if func in _ADD:  # plus a constant: the chain rule passes relevance unchanged
+                    return func(*args, **kwargs)
+                if func in _SCALE and (carry_a or func not in (torch.div, Tensor.div, Tensor.__truediv__)):
+                    x, constant = (a, b) if carry_a else (b, a)
+                    extra = {k: v for k, v in kwargs.items() if k != "other"}
+                    op = (lambda t: func(t, constant, **extra)) if carry_a else (lambda t: func(constant, t, **extra))
+                    return _Elementwise.apply(x, op, propagation)
+                raise NotImplementedError(_no_rule(func, "one relevance-carrying operand"))
+            return func(*args, **kwargs)
+        output = func(*args, **kwargs)
+        if _carries(output) and any(_carries(v) for v in _flat(args, kwargs)):
+            raise NotImplementedError(_no_rule(func, "relevance-carrying inputs"))
+        return output
+
+
+def _flat(args: tuple, kwargs: dict) -> Iterator[Any]:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, (list, tuple)):
+            yield from value
+        else:
+            yield value
+
+
+def _no_rule(func: Any, what: str) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    return (
+        f"the LRP engine has no rule for `{name}` with {what}; the model computes something "
+        "other than linear layers, normalisations, activations, residual sums and attention "
+        "products between the explained input and the output"
+    )
+
+
+@contextlib.contextmanager
+def lrp_forward(propagation: Propagation) -> Iterator[Propagation]:
+    """Run a forward pass whose graph can be walked back for gradients or relevance.
+
+    Tensors carrying relevance are those that require grad: make the explained
+    input require grad and freeze the parameters for the pass.
+    """
+    with _LRPMode(propagation):
+        yield propagation
