@@ -108,7 +108,7 @@ class LRPAttribution(TransformerAttribution):
         recorder = AttentionRecorder(adapter.attention_modules, keep_graph=True)
         hooked = [m for m in adapter.attention_modules if not attention_configs([m])]
         states = BlockStates(adapter.blocks[:1], inputs=True)
-        propagation = Propagation(self.rules)
+        propagation = Propagation(self.rules, gradients=attention_grads)
         handles: list = []
         blocks = list(blocks)
         try:

@@ -46,8 +46,11 @@ from .rules import LRPRules
 class Propagation:
     """Rules plus the switch that decides what the backward of the graph computes."""
 
-    def __init__(self, rules: LRPRules | None = None) -> None:
+    def __init__(self, rules: LRPRules | None = None, gradients: bool = True) -> None:
         self.rules = rules if rules is not None else LRPRules()
+        #: whether :meth:`gradients` will be asked for (elementwise operations then
+        #: keep their own small graph instead of recomputing in the backward)
+        self.keep_gradients = gradients
         self.relevance_mode = False
 
     def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
@@ -98,9 +101,15 @@ class _Linear(Function):
 class _Elementwise(Function):
     @staticmethod
     def forward(ctx, x, fn, propagation):  # type: ignore[override]
-        output = fn(x)
+        ctx.fn, ctx.propagation, ctx.graph = fn, propagation, None
+        if propagation.keep_gradients:  # keep the op's own graph for the chain rule
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_()
+                ctx.graph = (leaf, fn(leaf))
+            output = ctx.graph[1].detach()
+        else:
+            output = fn(x)
         ctx.save_for_backward(x, output)
-        ctx.fn, ctx.propagation = fn, propagation
         return output
 
     @staticmethod
@@ -108,6 +117,8 @@ class _Elementwise(Function):
         x, output = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
             result = ctx.propagation.rules.elementwise.relevance(x, output, grad)
+        elif ctx.graph is not None:
+            (result,) = torch.autograd.grad(ctx.graph[1], ctx.graph[0], grad, retain_graph=True)
         else:
             result = _vjp(ctx.fn, x, grad)
         return result.to(x.dtype), None, None
@@ -195,6 +206,8 @@ class _LRPMode(TorchFunctionMode):
                 return _Linear.apply(x, weight, bias, rule, propagation)
             return func(*args, **kwargs)
         if func in _ELEMENTWISE:
+            if func is F.dropout and not (args[2] if len(args) > 2 else kwargs.get("training", True)):
+                return func(*args, **kwargs)  # identity in eval mode: nothing to intercept
             if args and _carries(args[0]):
                 rest = args[1:]
                 return _Elementwise.apply(args[0], lambda x: func(x, *rest, **kwargs), propagation)

@@ -44,9 +44,15 @@ STABILIZER = 1e-9
 def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STABILIZER) -> Tensor:
     """``numerator / (denominator ± stabilizer)`` (the sign of the denominator),
     and exactly 0 where the denominator is 0."""
-    sign = torch.where(denominator >= 0, 1.0, -1.0).to(denominator.dtype)
-    quotient = numerator / (denominator + stabilizer * sign)
-    return torch.where(denominator == 0, torch.zeros_like(quotient), quotient)
+    zero = denominator == 0
+    quotient = numerator / torch.where(denominator >= 0, denominator + stabilizer, denominator - stabilizer)
+    return quotient.masked_fill_(zero, 0)
+
+
+def _divide_nonnegative(numerator: Tensor, denominator: Tensor, stabilizer: float) -> Tensor:
+    """:func:`safe_divide` for a fresh denominator known to be >= 0 (overwritten)."""
+    zero = denominator == 0
+    return torch.div(numerator, denominator.add_(stabilizer)).masked_fill_(zero, 0)
 
 
 def _wide(tensor: Tensor) -> Tensor:
@@ -84,19 +90,26 @@ class AlphaBetaRule(LinearRule):
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
         x, weight, relevance = _wide(x), _wide(weight), _wide(relevance)
         abs_x, abs_w = x.abs(), weight.abs()
-        # x W^T = z+ + z-  and  |x| |W|^T = z+ - z-: one extra product gives both
-        signed = _wide(output) - (_wide(bias) if bias is not None else 0)
-        unsigned = F.linear(abs_x, abs_w)
-        spread = torch.cat([weight, abs_w], dim=1)
-        result = 0
-        for factor, z, sign in ((self.alpha, signed + unsigned, 1.0), (self.beta, signed - unsigned, -1.0)):
+        # x W^T = z+ + z-  and  |x| |W|^T = z+ - z-: one product more than the
+        # forward gives both; twice_pos = 2 z+, twice_neg = 2 z-
+        unsigned = F.linear(abs_x, abs_w, None if bias is None else -_wide(bias))  # |x| |W|^T - b
+        signed = _wide(output)  # x W^T + b
+        # x+ (S W+) + x- (S W-) = (x (S W) + |x| (S |W|)) / 2, and with the signs swapped for z-;
+        # with S' = S / 2 (relevance over 2 z) the halving disappears
+        result = None
+        for factor, sign in ((self.alpha, 1.0), (-self.beta, -1.0)):
             if factor == 0:
                 continue
-            s = safe_divide(relevance, z / 2, self.stabilizer)
-            # x+ (S W+) + x- (S W-) = (x (S W) + |x| (S |W|)) / 2, and with the signs swapped
-            sw, s_abs_w = (s @ spread).split(weight.shape[1], dim=-1)
-            result = result + (factor if sign > 0 else -factor) * (x * sw + sign * abs_x * s_abs_w) / 2
-        return result
+            if sign > 0:
+                twice = signed + unsigned if self.beta else unsigned.add_(signed)  # 2 z+ >= 0
+                s = _divide_nonnegative(relevance, twice, 2 * self.stabilizer)
+            else:
+                bias_twice = 0 if bias is None else 2 * _wide(bias)
+                s = safe_divide(relevance, signed - unsigned - bias_twice, 2 * self.stabilizer)  # 2 z- <= 0
+            part = (s @ weight).mul_(x).addcmul_(abs_x, s @ abs_w, value=sign)
+            part = part if factor == 1 else part.mul_(factor)
+            result = part if result is None else result.add_(part)
+        return result if result is not None else torch.zeros_like(x)
 
     def __repr__(self) -> str:
         return f"AlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g})"
@@ -197,8 +210,10 @@ class ProductRule:
     def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
         wa, wb = _wide(a), _wide(b)
         s = safe_divide(_wide(relevance), _wide(output), self.stabilizer)
-        ra = (wa * (s @ wb.transpose(-1, -2)).sum_to_size(a.shape)) * self.share
-        rb = (wb * (wa.transpose(-1, -2) @ s).sum_to_size(b.shape)) * self.share
+        if self.share != 1:
+            s = s.mul_(self.share)
+        ra = (s @ wb.transpose(-1, -2)).sum_to_size(a.shape).mul_(wa)
+        rb = (wa.transpose(-1, -2) @ s).sum_to_size(b.shape).mul_(wb)
         return ra, rb
 
     def __repr__(self) -> str:
