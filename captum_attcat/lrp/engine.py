@@ -246,7 +246,10 @@ def _flat(args: tuple, kwargs: dict) -> Iterator[Any]:
 
 
 def _no_rule(func: Any, what: str) -> str:
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    try:
+        name = torch.overrides.resolve_name(func) or repr(func)
+    except Exception:  # pragma: no cover - resolve_name knows every torch function
+        name = repr(func)
     return (
         f"the LRP engine has no rule for `{name}` with {what}; the model computes something "
         "other than linear layers, normalisations, activations, residual sums and attention "

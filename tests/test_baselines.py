@@ -1,0 +1,234 @@
+"""Attention baselines, GAE and the LRP-based methods: the authors' vectors, invariants, other architectures."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import pytest
+import torch
+
+from captum_attcat import (
+    GAE,
+    METHODS,
+    AttentionGradCAM,
+    AttentionGradient,
+    AttentionRollout,
+    GradSAM,
+    PartialLRP,
+    RawAttention,
+    TransAtt,
+    TransformerLRP,
+)
+
+from conftest import padded_batch, tiny_bert, tiny_model
+
+NEW_METHODS = [RawAttention, AttentionRollout, AttentionGradient, AttentionGradCAM, GradSAM, GAE,
+               TransformerLRP, PartialLRP, TransAtt]
+
+
+@contextlib.contextmanager
+def reference_embedding_order(model, ids: torch.Tensor) -> Iterator[None]:
+    """Compute the embedding output as the reference BERT does.
+
+    The reference code sums ``(token type + position) + word`` embeddings;
+    transformers 5 sums ``(word + token type) + position``. The two differ in the
+    last bit of float32, and LRP relevance below the last block of this random
+    tiny model is ill-conditioned: that last-bit change moves ``FullLRP`` by up to
+    7e-3 (relative) and ``TransAtt(start_layer=0)`` by 5e-4
+    (:func:`test_lrp_below_the_last_block_is_ill_conditioned` shows it), so the
+    vectors are compared on the reference's own encoder input. Nothing else changes.
+    """
+    embeddings = model.bert.embeddings
+
+    def hook(module, args, kwargs, output):
+        positions = torch.arange(ids.shape[1])[None]
+        summed = (embeddings.token_type_embeddings(torch.zeros_like(ids))
+                  + embeddings.position_embeddings(positions)) + embeddings.word_embeddings(ids)
+        return embeddings.LayerNorm(summed)
+
+    handle = embeddings.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+CASES = [
+    (TransAtt, {}, "chefer.TransAtt(start_layer=0)"),
+    (TransAtt, {"start_layer": 1}, "chefer.TransAtt(start_layer=1=last)"),
+    (PartialLRP, {}, "chefer.PartialLRP(ours-rules)"),
+    (TransformerLRP, {}, "chefer.FullLRP(ours-rules)"),
+    (RawAttention, {}, "chefer.RawAtt(last layer)"),
+    (AttentionRollout, {}, "chefer.Rollout"),
+    (AttentionGradCAM, {}, "chefer.AttnGradCAM"),
+    (AttentionGradient, {}, "masklrp.GradCAM(grad only) [fullmask]"),
+    (GAE, {}, "GAE (R=I; R+=Abar@R; row CLS, incl. CLS)"),
+]
+
+
+def _explain(reference, model, method, **kwargs) -> torch.Tensor:
+    ids = torch.tensor(reference["input_ids"])
+    mask = torch.tensor(reference["attention_masks"]["full"])
+    return method(model).attribute(ids, target=reference["target"], additional_forward_args=(mask,), **kwargs)
+
+
+@pytest.mark.parametrize("method, kwargs, key", CASES, ids=[key for _, _, key in CASES])
+def test_reference_vectors(reference, reference_model, method, kwargs, key):
+    ids = torch.tensor(reference["input_ids"])
+    with reference_embedding_order(reference_model, ids):
+        scores = _explain(reference, reference_model, method, **kwargs)
+    expected = torch.tensor(reference["results"][key])
+    assert scores.shape == (1, 8) and scores.dtype == torch.float32
+    first = 0 if method is GAE else 1  # GAE keeps its [CLS] value; the others hold placeholders there
+    torch.testing.assert_close(scores[0, first:], expected[first:], rtol=1e-4, atol=1e-7)
+
+
+def test_cls_values(reference, reference_model):
+    """What each method returns at [CLS] (position 0), as the README states."""
+    for method in (RawAttention, AttentionRollout, AttentionGradCAM, PartialLRP, TransAtt):
+        assert _explain(reference, reference_model, method)[0, 0] == 0, method.__name__
+    gae = _explain(reference, reference_model, GAE)[0]
+    assert gae[0] >= 1  # R = I + ...: the identity stays on the diagonal
+    lrp = _explain(reference, reference_model, TransformerLRP)[0]
+    assert lrp[0] > 0.05  # the relevance [CLS] really receives ...
+    torch.testing.assert_close(lrp.sum(), torch.tensor(1.0), rtol=0, atol=1e-5)  # ... so the scores sum to 1
+    gradient = _explain(reference, reference_model, AttentionGradient)[0]
+    assert gradient[0] > 0  # every key is scored alike, [CLS] included
+
+
+def test_lrp_below_the_last_block_is_ill_conditioned(reference, reference_model):
+    """With transformers' own embedding sum the last-block methods still agree to
+    1e-5, the ones reaching further down move by more than 1e-4 but less than 1e-2."""
+    ids = torch.tensor(reference["input_ids"])
+    for method, kwargs, key in CASES:
+        stock = _explain(reference, reference_model, method, **kwargs)[0, 1:]
+        expected = torch.tensor(reference["results"][key])[1:]
+        relative = ((stock - expected).abs() / expected.abs().clamp(min=1e-6)).max()
+        if key in ("chefer.FullLRP(ours-rules)", "chefer.TransAtt(start_layer=0)"):
+            assert 1e-4 < relative < 1e-2, key
+        else:
+            assert relative < 1e-5, key
+    with reference_embedding_order(reference_model, ids):
+        assert reference_model.bert.embeddings._forward_hooks
+    assert not reference_model.bert.embeddings._forward_hooks
+
+
+# --- definitions recomputed from transformers' own attentions ----------------------------
+
+
+def test_definitions_against_transformers_attentions():
+    model = tiny_bert(attn_implementation="eager")
+    ids, mask = padded_batch([9, 6])
+    target = torch.tensor([2, 0])
+    out = model(ids, attention_mask=mask, output_attentions=True)
+    attentions = out.attentions
+    grads = torch.autograd.grad(out.logits.gather(1, target[:, None]).sum(), attentions)
+    m = mask.float()
+    rows = m / m.sum(1, keepdim=True)
+    raw = attentions[-1].mean(1)[:, 0] * m
+    raw[:, 0] = 0
+    torch.testing.assert_close(RawAttention(model).attribute(ids, additional_forward_args=(mask,)), raw)
+    expected_gradient = ((grads[-1].mean(1) * rows[:, :, None]).sum(1)).clamp(min=0) * m
+    torch.testing.assert_close(
+        AttentionGradient(model).attribute(ids, target=target, additional_forward_args=(mask,)), expected_gradient
+    )
+    sam = torch.stack([(a * g.clamp(min=0)).mean(1) for a, g in zip(attentions, grads)]).mean(0)
+    torch.testing.assert_close(
+        GradSAM(model).attribute(ids, target=target, additional_forward_args=(mask,)),
+        (sam * rows[:, :, None]).sum(1) * m,
+    )
+    relevance = torch.eye(9).expand(2, 9, 9)
+    for a, g in zip(attentions, grads):
+        relevance = relevance + (a * g).clamp(min=0).mean(1) @ relevance
+    torch.testing.assert_close(
+        GAE(model).attribute(ids, target=target, additional_forward_args=(mask,)), relevance[:, 0] * m
+    )
+
+
+# --- invariants -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
+@pytest.mark.parametrize("method", NEW_METHODS, ids=lambda m: m.__name__)
+def test_padded_batch_equals_one_by_one(family, method):
+    model = tiny_model(family)
+    lengths = [7, 3, 11, 1]
+    ids, mask = padded_batch(lengths, pad=model.config.pad_token_id or 0)
+    explainer = method(model)
+    target = torch.tensor([1, 0, 1, 1])
+    batch = explainer.attribute(ids, target=target, additional_forward_args=(mask,))
+    assert batch.shape == ids.shape and batch.dtype == torch.float32 and torch.isfinite(batch).all()
+    for row, length in enumerate(lengths):
+        alone = explainer.attribute(ids[row : row + 1, :length], target=int(target[row]))
+        torch.testing.assert_close(batch[row, :length], alone[0], rtol=1e-5, atol=1e-5)
+        assert batch[row, length:].eq(0).all()
+    assert batch[:, 1:].abs().sum() > 0 or method is AttentionGradCAM  # may clamp to 0 on random models
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_on_many_random_inputs(dtype):
+    """200 random inputs: random ids of random lengths, all-[PAD] ids and all-zero embeddings."""
+    model = tiny_bert(seed=3).to(dtype)
+    generator = torch.Generator().manual_seed(7)
+    lengths = torch.randint(1, 16, (150,), generator=generator).tolist()
+    ids, mask = padded_batch(lengths, seed=11)
+    ids[:10] = 0  # [PAD] ids everywhere, still attended to
+    zeros = torch.zeros(50, 16, 32, dtype=dtype)
+    zero_mask = torch.ones(50, 16, dtype=torch.long)
+    for method in NEW_METHODS:
+        explainer = method(model)
+        for inputs, attention_mask in ((ids, mask), (zeros, zero_mask)):
+            target = torch.randint(0, 3, (inputs.shape[0],), generator=generator)
+            scores = explainer.attribute(inputs, target=target, additional_forward_args=(attention_mask,))
+            assert scores.dtype == torch.float32 and torch.isfinite(scores).all(), method.__name__
+            assert scores[attention_mask == 0].eq(0).all()
+
+
+@pytest.mark.parametrize("method", NEW_METHODS, ids=lambda m: m.__name__)
+def test_deterministic(method):
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    explainer = method(model)
+    first = explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+    assert torch.equal(first, explainer.attribute(ids, target=1, additional_forward_args=(mask,)))
+
+
+def test_attention_only_methods_need_no_target():
+    model = tiny_bert()  # 3 classes
+    ids, mask = padded_batch([6, 4])
+    for method in (RawAttention, AttentionRollout):
+        scores = method(model).attribute(ids, additional_forward_args=(mask,))
+        assert torch.equal(scores, method(model).attribute(ids, target=2, additional_forward_args=(mask,)))
+        with pytest.raises(ValueError, match="out of range"):
+            method(model).attribute(ids, target=3, additional_forward_args=(mask,))
+    with pytest.raises(ValueError, match="`target` is required"):
+        GAE(model).attribute(ids, additional_forward_args=(mask,))
+
+
+@pytest.mark.parametrize("start_layer", [-1, 3, 1.0, True])
+def test_bad_start_layer(start_layer):
+    model = tiny_bert()
+    with pytest.raises(ValueError, match=r"`start_layer` must be an int in \[0, 3\)"):
+        TransAtt(model).attribute(torch.tensor([[5, 6, 7]]), target=0, start_layer=start_layer)
+
+
+def test_start_layer_last_is_the_last_block_alone():
+    """TransAtt from the last block: (Ā + I) row-normalised, row 0, where Ā = mean_h (grad A ⊙ R_A)^+."""
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    explainer = TransAtt(model)
+    run = explainer._relevance_pass(ids, 1, (mask,), blocks=[2], attention_grads=True)
+    bar = (run.attention_grads[0] * run.attention_relevance[0]).clamp(min=0).mean(1) + torch.eye(8)
+    expected = (bar / bar.sum(-1, keepdim=True))[:, 0] * mask
+    expected[:, 0] = 0
+    torch.testing.assert_close(explainer.attribute(ids, target=1, additional_forward_args=(mask,), start_layer=2),
+                               expected)
+
+
+def test_registry_lists_every_method():
+    for method in NEW_METHODS:
+        assert METHODS[method.__name__] is method
+    assert {m.floor_budget for m in (TransformerLRP, PartialLRP, TransAtt)} == {2.5}
+    assert {m.floor_budget for m in (RawAttention, AttentionRollout, AttentionGradient, AttentionGradCAM,
+                                     GradSAM, GAE)} == {1.3}

@@ -1,0 +1,278 @@
+"""The LRP engine and its rules: what each rule promises, conservation, swapping rules, the model left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from captum_attcat import PartialLRP, TransAtt, TransformerLRP
+from captum_attcat.lrp import (
+    AlphaBetaRule,
+    EpsilonRule,
+    IdentityRule,
+    LRPRules,
+    NormalizedAddRule,
+    ProductRule,
+    Propagation,
+    lrp_forward,
+    safe_divide,
+)
+
+from conftest import padded_batch, tiny_bert, tiny_model
+from test_model_state import _assert_same, _snapshot, _unusual_model
+
+LRP_METHODS = [TransformerLRP, PartialLRP, TransAtt]
+
+
+def _double(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- the rules, one by one --------------------------------------------------------------
+
+
+def test_safe_divide():
+    numerator = torch.tensor([1.0, 1.0, 1.0, 2.0])
+    denominator = torch.tensor([0.0, 1e-9, -1e-9, 4.0], dtype=torch.float64)
+    result = safe_divide(numerator.double(), denominator)
+    assert result.tolist() == [0.0, 1 / 2e-9, -1 / 2e-9, 2 / (4 + 1e-9)]
+
+
+def test_alpha_beta_matches_the_sign_split_formula_and_conserves():
+    x, weight, bias = _double(2, 5, 7), _double(4, 7, seed=1), _double(4, seed=2)
+    relevance = _double(2, 5, 4, seed=3)
+    output = F.linear(x, weight, bias)
+    px, nx, pw, nw = x.clamp(min=0), x.clamp(max=0), weight.clamp(min=0), weight.clamp(max=0)
+
+    def split(w1, w2):  # x+ (S w1) + x- (S w2), S = R / (x+ w1 + x- w2)
+        s = relevance / (F.linear(px, w1) + F.linear(nx, w2) + 1e-9)
+        return px * (s @ w1) + nx * (s @ w2)
+
+    got = AlphaBetaRule().relevance(x, weight, bias, output, relevance)
+    torch.testing.assert_close(got, split(pw, nw), rtol=1e-12, atol=1e-12)
+    # the bias takes nothing: every unit with positive contributions passes on exactly what it
+    # received (up to the 1e-9 stabiliser); units without any (z+ = 0) pass on nothing
+    positive = F.linear(px, pw) + F.linear(nx, nw)
+    assert (positive == 0).any()  # this draw has some
+    torch.testing.assert_close(got.sum(-1), (relevance * (positive > 0)).sum(-1), rtol=1e-7, atol=0)
+    two_one = AlphaBetaRule(alpha=2, beta=1).relevance(x, weight, bias, output, relevance)
+    inhibitor = relevance / (F.linear(px, nw) + F.linear(nx, pw) - 1e-9)
+    expected = 2 * split(pw, nw) - (px * (inhibitor @ nw) + nx * (inhibitor @ pw))
+    torch.testing.assert_close(two_one, expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="alpha - beta must be 1"):
+        AlphaBetaRule(alpha=1, beta=1)
+
+
+def test_alpha_beta_gives_nothing_through_units_without_positive_contributions():
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    weight = torch.tensor([[-1.0, 2.0], [3.0, 1.0]], dtype=torch.float64)  # unit 0: z+ = 0
+    relevance = torch.tensor([[5.0, 1.0]], dtype=torch.float64)
+    got = AlphaBetaRule().relevance(x, weight, None, F.linear(x, weight), relevance)
+    torch.testing.assert_close(got, torch.tensor([[1.0 * 3 / (3 + 1e-9), 0.0]], dtype=torch.float64))
+
+
+def test_epsilon_rule():
+    x, weight, bias = _double(3, 6), _double(2, 6, seed=1), _double(2, seed=2)
+    relevance, output = _double(3, 2, seed=3), F.linear(x, weight, bias)
+    expected = x * ((relevance / (output + 1e-3 * output.sign())) @ weight)
+    torch.testing.assert_close(EpsilonRule(1e-3).relevance(x, weight, bias, output, relevance), expected)
+
+
+def test_normalized_add_passes_on_what_it_received_per_example():
+    a, b = _double(3, 4, 5), _double(3, 4, 5, seed=1)
+    relevance = _double(3, 4, 5, seed=2)
+    ra, rb = NormalizedAddRule().relevance(a, b, a + b, relevance)
+    total, sa, sb = relevance.sum((1, 2)), ra.sum((1, 2)), rb.sum((1, 2))
+    torch.testing.assert_close(sa + sb, total)  # conserved, example by example
+    za, zb = (a * relevance / (a + b)).sum((1, 2)), (b * relevance / (a + b)).sum((1, 2))
+    torch.testing.assert_close(sa, za.abs() / (za.abs() + zb.abs()) * total)  # share |sum R_a| / (...)
+    # within an operand, the z-rule's proportions are kept
+    torch.testing.assert_close(ra / (a * relevance / (a + b)), (sa / za)[:, None, None].expand(3, 4, 5))
+    for i in range(3):  # each example alone gives the same
+        alone = NormalizedAddRule().relevance(a[i : i + 1], b[i : i + 1], (a + b)[i : i + 1], relevance[i : i + 1])
+        torch.testing.assert_close(alone[0][0], ra[i])
+
+
+def test_product_rule_halves_the_z_rule_and_conserves():
+    a, b = _double(2, 3, 4, 5), _double(2, 3, 5, 6, seed=1)
+    relevance = _double(2, 3, 4, 6, seed=2)
+    output = a @ b
+    ra, rb = ProductRule().relevance(a, b, output, relevance)
+    s = relevance / (output + 1e-9 * output.sign())
+    torch.testing.assert_close(ra, 0.5 * a * (s @ b.transpose(-1, -2)))
+    torch.testing.assert_close(rb, 0.5 * b * (a.transpose(-1, -2) @ s))
+    torch.testing.assert_close(ra.sum() + rb.sum(), relevance.sum())
+
+
+def test_identity_rule():
+    relevance = _double(2, 3)
+    assert IdentityRule().relevance(_double(2, 3, seed=1), _double(2, 3, seed=2), relevance) is relevance
+
+
+def test_rules_are_checked():
+    with pytest.raises(TypeError, match="`linear` must be a LinearRule"):
+        LRPRules(linear=IdentityRule())
+    with pytest.raises(TypeError, match="`modules` maps modules with a `weight`"):
+        LRPRules(modules={nn.GELU(): EpsilonRule()})
+    with pytest.raises(TypeError, match="`rules` must be an LRPRules"):
+        TransAtt(tiny_bert(), rules=EpsilonRule())
+
+
+# --- the engine on whole models ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
+def test_relevance_is_conserved_from_logit_to_encoder_input(family):
+    """Every rule conserves: the scores of TransformerLRP sum to the 1.0 started at the logit."""
+    model = tiny_model(family)
+    ids, mask = padded_batch([9, 4, 6], pad=model.config.pad_token_id or 0)
+    scores = TransformerLRP(model).attribute(ids, target=torch.tensor([0, 1, 1]), additional_forward_args=(mask,))
+    torch.testing.assert_close(scores.sum(1), torch.ones(3), rtol=0, atol=1e-4)
+
+
+def test_gradient_mode_gives_the_ordinary_gradients():
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    explainer = TransAtt(model)
+    run = explainer._relevance_pass(ids, 1, (mask,), blocks=[0, 1, 2], attention_grads=True)
+    plain = explainer._gradient_pass(ids, 1, (mask,), block_inputs=None, attention_grads=True)
+    for ours, theirs in zip(run.attention_grads, plain.attention_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    for ours, theirs in zip(run.attentions, plain.attentions):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_swapping_rules():
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    default = TransformerLRP(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    explicit = TransformerLRP(model, rules=LRPRules(linear=AlphaBetaRule())).attribute(
+        ids, target=1, additional_forward_args=(mask,)
+    )
+    assert torch.equal(default, explicit)
+    epsilon = TransformerLRP(model, rules=LRPRules(linear=EpsilonRule(1e-6))).attribute(
+        ids, target=1, additional_forward_args=(mask,)
+    )
+    one_module = TransformerLRP(model, rules=LRPRules(modules={model.classifier: EpsilonRule(1e-6)})).attribute(
+        ids, target=1, additional_forward_args=(mask,)
+    )
+    for other in (epsilon, one_module):
+        assert (other - default).abs().max() > 1e-3 and torch.isfinite(other).all()
+    assert not torch.equal(epsilon, one_module)
+
+
+class _SinBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.linear(hidden))
+
+
+def test_an_operation_without_a_rule_is_named():
+    block = _SinBlock()
+    head = nn.Linear(4, 2)
+    forward = lambda x: head(block(x).mean(1))  # noqa: E731
+    with pytest.raises(NotImplementedError, match=r"no rule for `torch.sin`"):
+        TransformerLRP(forward, layers=[block]).attribute(torch.randn(1, 3, 4), target=0)
+
+
+def test_engine_on_an_explicit_model_with_its_own_attention():
+    """A model computing attention itself (not through transformers): the engine finds
+    the products and the softmax by itself; relevance is conserved (wide enough
+    layers that no unit lacks positive contributions)."""
+
+    class Attention(nn.Module):
+        def forward(self, q, k):
+            return torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)[:, None]  # one head
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+            self.attention = Attention()
+
+        def forward(self, h):
+            probs = self.attention(self.q(h), self.k(h))
+            return F.layer_norm(h + probs[:, 0] @ self.v(h), (16,))
+
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([Block(), Block()])
+    head = nn.Linear(16, 3)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks, self.head = blocks, head
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.head(torch.tanh(x[:, 0]))
+
+    model = Model()
+    x = torch.randn(2, 5, 16)
+    lrp = TransformerLRP(model, layers=list(blocks)).attribute(x, target=1)
+    torch.testing.assert_close(lrp.sum(1), torch.ones(2), rtol=0, atol=1e-4)
+    scores = TransAtt(model, layers=list(blocks), attention_modules=[b.attention for b in blocks]).attribute(
+        x, target=1
+    )
+    assert scores.shape == (2, 5) and torch.isfinite(scores).all() and scores[:, 0].eq(0).all()
+    assert not x.requires_grad
+
+
+def test_lrp_forward_alone():
+    """The engine used directly: gradients and relevance from one forward pass."""
+    model = tiny_bert(attn_implementation="eager")  # sdpa is one fused op without a rule
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    embeddings = torch.randn(2, 6, 32, requires_grad=True)
+    propagation = Propagation()
+    with lrp_forward(propagation):
+        logits = model(inputs_embeds=embeddings).logits
+    (grad,) = propagation.gradients(logits[:, 1], [embeddings], retain_graph=True)
+    (relevance,) = propagation.relevance(logits[:, 1], [embeddings])
+    (plain,) = torch.autograd.grad(model(inputs_embeds=embeddings).logits[:, 1].sum(), embeddings)
+    torch.testing.assert_close(grad, plain, rtol=1e-5, atol=1e-7)
+    assert relevance.shape == embeddings.shape and not torch.allclose(relevance, grad)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+
+# --- the model is left as it was --------------------------------------------------------
+
+
+ALL = ["RawAttention", "AttentionRollout", "AttentionGradient", "AttentionGradCAM", "GradSAM", "GAE",
+       "TransformerLRP", "PartialLRP", "TransAtt"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_restored_after_return_and_raise(name):
+    from captum_attcat import METHODS
+
+    method = METHODS[name]
+    model = _unusual_model()
+    ids, mask = padded_batch([6, 4])
+    before = _snapshot(model)
+    scores = method(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    _assert_same(before, _snapshot(model))
+    with pytest.raises(ValueError, match="out of range"):
+        method(model).attribute(ids, target=7, additional_forward_args=(mask,))
+    _assert_same(before, _snapshot(model))
+    model.eval()  # the explanation ran in eval mode
+    torch.testing.assert_close(method(model).attribute(ids, target=1, additional_forward_args=(mask,)), scores)
+
+
+def test_inputs_left_unchanged():
+    model = tiny_bert()
+    ids, mask = padded_batch([6, 4])
+    embeddings = model.get_input_embeddings()(ids).detach()
+    copies = ids.clone(), mask.clone(), embeddings.clone()
+    for method in LRP_METHODS:
+        method(model).attribute(ids, target=1, additional_forward_args=(mask,))
+        method(model).attribute(embeddings, target=1, additional_forward_args=(mask,))
+    assert torch.equal(ids, copies[0]) and torch.equal(mask, copies[1]) and torch.equal(embeddings, copies[2])
+    assert not embeddings.requires_grad and embeddings.grad is None
