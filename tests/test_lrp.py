@@ -276,3 +276,14 @@ def test_inputs_left_unchanged():
         method(model).attribute(embeddings, target=1, additional_forward_args=(mask,))
     assert torch.equal(ids, copies[0]) and torch.equal(mask, copies[1]) and torch.equal(embeddings, copies[2])
     assert not embeddings.requires_grad and embeddings.grad is None
+
+
+def test_captum_lrp_cannot_run_a_hugging_face_bert_but_this_engine_can():
+    """What the README claims this engine adds over Captum's own LRP."""
+    from captum.attr import LRP
+
+    model = tiny_bert()
+    ids = torch.randint(5, 99, (1, 6))
+    with pytest.raises(TypeError, match="Embedding'> has no rule defined"):
+        LRP(model).attribute(ids, target=0)
+    assert torch.isfinite(TransformerLRP(model).attribute(ids, target=0)).all()

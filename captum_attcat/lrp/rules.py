@@ -51,8 +51,8 @@ def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STAB
 
 def _divide_nonnegative(numerator: Tensor, denominator: Tensor, stabilizer: float) -> Tensor:
     """:func:`safe_divide` for a fresh denominator known to be >= 0 (overwritten)."""
-    zero = denominator == 0
-    return torch.div(numerator, denominator.add_(stabilizer)).masked_fill_(zero, 0)
+    kept = torch.where(denominator > 0, numerator, 0.0)
+    return kept.div_(denominator.add_(stabilizer))
 
 
 def _wide(tensor: Tensor) -> Tensor:
