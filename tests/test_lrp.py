@@ -187,7 +187,7 @@ def test_engine_on_an_explicit_model_with_its_own_attention():
 
     class Attention(nn.Module):
         def forward(self, q, k):
-            return torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)[:, None]  # one head
+            return torch.softmax(q @ k.mT / 2.0, dim=-1)[:, None]  # one head
 
     class Block(nn.Module):
         def __init__(self) -> None:

@@ -183,7 +183,7 @@ _MOVES = {
     Tensor.float, Tensor.double, Tensor.half, Tensor.bfloat16, Tensor.split, torch.split, Tensor.chunk,
     torch.chunk, Tensor.unbind, torch.unbind, torch.cat, torch.concat, torch.stack, Tensor.detach,
     Tensor.requires_grad_, Tensor.t, Tensor.movedim, torch.movedim, Tensor.__setitem__, Tensor.masked_fill,
-    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather, Tensor.mT.__get__, Tensor.T.__get__,
+    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather,
 }
 
 
@@ -232,7 +232,9 @@ class _LRPMode(TorchFunctionMode):
                 raise NotImplementedError(_no_rule(func, "one relevance-carrying operand"))
             return func(*args, **kwargs)
         output = func(*args, **kwargs)
-        if _carries(output) and any(_carries(v) for v in _flat(args, kwargs)):
+        # property reads (``.T``, ``.mT``) are views, like the operations in _MOVES
+        property_read = getattr(func, "__name__", "") == "__get__"
+        if _carries(output) and not property_read and any(_carries(v) for v in _flat(args, kwargs)):
             raise NotImplementedError(_no_rule(func, "relevance-carrying inputs"))
         return output
 
