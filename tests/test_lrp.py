@@ -287,3 +287,22 @@ def test_captum_lrp_cannot_run_a_hugging_face_bert_but_this_engine_can():
     with pytest.raises(TypeError, match="Embedding'> has no rule defined"):
         LRP(model).attribute(ids, target=0)
     assert torch.isfinite(TransformerLRP(model).attribute(ids, target=0)).all()
+
+
+def test_alpha_beta_cache_follows_the_weights():
+    """The rule's cached [W, |W|] is recomputed when a weight changes in place, and dropped when it is freed."""
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    explainer = TransformerLRP(model)
+    before = explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+    with torch.no_grad():
+        model.bert.encoder.layer[1].intermediate.dense.weight.mul_(-1.5)
+    after = explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+    assert torch.equal(after, TransformerLRP(model).attribute(ids, target=1, additional_forward_args=(mask,)))
+    assert (after - before).abs().max() > 1e-4
+    rule = AlphaBetaRule()
+    weight = torch.randn(3, 4)
+    rule.relevance(torch.randn(2, 4), weight, None, torch.randn(2, 3), torch.randn(2, 3))
+    assert len(rule._spreads) == 1
+    del weight
+    assert not rule._spreads

@@ -29,6 +29,7 @@ All relevance is computed in float32 (or wider) and returned in the input's dtyp
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -77,6 +78,10 @@ class AlphaBetaRule(LinearRule):
     default :math:`\alpha = 1, \beta = 0` is the reference rule; it conserves
     relevance wherever :math:`z^+ \ne 0`.
 
+    The rule keeps ``[W, |W|]`` of each weight it has seen (recomputed when the
+    weight changes in place, dropped when the weight is freed): one product per
+    backward instead of two, and no ``|W|`` per call.
+
     Example::
 
         >>> AlphaBetaRule(alpha=2.0, beta=1.0)
@@ -86,10 +91,26 @@ class AlphaBetaRule(LinearRule):
         if alpha - beta != 1:
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
+        self._spreads: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+    def _spread(self, weight: Tensor) -> Tensor:
+        """``[W, |W|]`` ``(out, 2 in)`` in float32 or wider, cached per weight tensor."""
+        key = id(weight)
+        cached = self._spreads.get(key)
+        if cached is not None and cached[0]() is weight and cached[1] == weight._version:
+            return cached[2]
+        wide = _wide(weight.detach())
+        spread = torch.cat([wide, wide.abs()], dim=1)
+        if cached is None:
+            weakref.finalize(weight, self._spreads.pop, key, None)
+        self._spreads[key] = (weakref.ref(weight), weight._version, spread)
+        return spread
 
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
-        x, weight, relevance = _wide(x), _wide(weight), _wide(relevance)
-        abs_x, abs_w = x.abs(), weight.abs()
+        spread = self._spread(weight)
+        in_features = weight.shape[1]
+        x, relevance = _wide(x), _wide(relevance)
+        abs_x, abs_w = x.abs(), spread[:, in_features:]
         # x W^T = z+ + z-  and  |x| |W|^T = z+ - z-: one product more than the
         # forward gives both; twice_pos = 2 z+, twice_neg = 2 z-
         unsigned = F.linear(abs_x, abs_w, None if bias is None else -_wide(bias))  # |x| |W|^T - b
@@ -106,7 +127,8 @@ class AlphaBetaRule(LinearRule):
             else:
                 bias_twice = 0 if bias is None else 2 * _wide(bias)
                 s = safe_divide(relevance, signed - unsigned - bias_twice, 2 * self.stabilizer)  # 2 z- <= 0
-            part = (s @ weight).mul_(x).addcmul_(abs_x, s @ abs_w, value=sign)
+            both = s @ spread  # (S W, S |W|)
+            part = both[..., :in_features].mul_(x).addcmul_(abs_x, both[..., in_features:], value=sign)
             part = part if factor == 1 else part.mul_(factor)
             result = part if result is None else result.add_(part)
         return result if result is not None else torch.zeros_like(x)
