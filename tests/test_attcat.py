@@ -221,3 +221,21 @@ def test_deterministic_and_bfloat16_finite():
 
 def test_registry_lists_both_methods():
     assert METHODS["AttCAT"] is AttCAT and METHODS["CAT"] is CAT
+
+
+def test_explicit_form_on_a_hugging_face_model_equals_the_automatic_form():
+    model = tiny_bert()
+    ids, mask = padded_batch([7, 5])
+    blocks = list(model.bert.encoder.layer)
+    attention = [block.attention for block in blocks]  # the parent of the self-attention module
+
+    def forward(input_ids, attention_mask):
+        return model(input_ids, attention_mask=attention_mask).logits
+
+    explicit = AttCAT(forward, layers=blocks, attention_modules=attention)
+    automatic = AttCAT(model)
+    torch.testing.assert_close(
+        explicit.attribute(ids, target=1, additional_forward_args=(mask,)),
+        automatic.attribute(ids, target=1, additional_forward_args=(mask,)),
+    )
+    assert model.config._attn_implementation == "sdpa"

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 
 from .._utils.validation import check_token_inputs, check_token_mask
@@ -76,6 +77,7 @@ class CAT(TransformerAttribution):
         >>> cat.attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor,
@@ -128,6 +130,7 @@ class AttCAT(TransformerAttribution):
         >>> per_block = attcat.attribute(input_ids, target=1, return_layer_scores=True)
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor,
