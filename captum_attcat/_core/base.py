@@ -95,6 +95,9 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                 "(one per block) with `layers`"
             )
         self.adapter = adapter
+        self._roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
+        self._configs = attention_configs(self._roots)
+        self._hooked_attention = [m for m in adapter.attention_modules if not attention_configs([m])]
         LayerAttribution.__init__(self, adapter.forward, adapter.blocks)
         GradientAttribution.__init__(self, adapter.forward)
 
@@ -129,16 +132,14 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         """
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
-        roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
         attention = attention or attention_grads
         recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads)
-        hooked = [m for m in adapter.attention_modules if not attention_configs([m])]
         handles: list = []
         states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
         try:
-            with explanation_mode(roots), torch.enable_grad(), use_attention_handler(recorder):
+            with explanation_mode(self._roots, self._configs), torch.enable_grad(), use_attention_handler(recorder):
                 if attention:
-                    handles = recorder.hook_outputs(hooked)
+                    handles = recorder.hook_outputs(self._hooked_attention)
                 with states:
                     output = adapter.forward(inputs, *args)
                 check_target(target, output)
