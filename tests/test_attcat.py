@@ -167,7 +167,7 @@ def test_definition_against_hidden_states_and_attentions():
 # --- invariants -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra", "gpt2"])
 @pytest.mark.parametrize("method", [AttCAT, CAT])
 def test_padded_batch_equals_one_by_one(family, method):
     model = tiny_model(family)

@@ -210,6 +210,10 @@ def _dispatch_attention(
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
     handler = _ACTIVE_HANDLER.get() or _PASS_THROUGH
+    if attention_mask is None and getattr(module, "is_causal", True) and query.shape[2] > 1:
+        # sdpa leaves a causal mask implicit; make it explicit so every handler sees it
+        queries, keys = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
     return handler.attention(module, query, key, value, attention_mask, scaling, dropout)
 
 

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -68,13 +69,27 @@ def _modules_matching(model: Module, spec: Any) -> list[Module]:
 
 
 def hf_forward(model: Module) -> Callable[..., Tensor]:
-    """``forward(inputs, *args) -> logits`` for a Hugging Face model; floating
-    ``inputs`` are passed as ``inputs_embeds``, token ids as ``input_ids``."""
+    """``forward(inputs, *args) -> logits`` for a Hugging Face model.
+
+    Floating ``inputs`` are passed as ``inputs_embeds``, token ids as
+    ``input_ids``. The additional arguments are, in order, the attention mask and
+    the parameters that follow ``attention_mask`` in the model's ``forward``
+    (``token_type_ids``, ``position_ids``, ... for BERT), passed by name, so the
+    convention holds for models whose second parameter is not the mask (GPT-2).
+    """
+    parameters = list(inspect.signature(model.forward).parameters)
+    names = parameters[parameters.index("attention_mask"):] if "attention_mask" in parameters else []
 
     def forward(inputs: Tensor, *args: Any) -> Tensor:
+        if len(args) > len(names):
+            raise TypeError(
+                f"{type(model).__name__} takes at most {len(names)} additional forward arguments "
+                f"({', '.join(names)}); got {len(args)}"
+            )
+        kwargs = dict(zip(names, args))
         if inputs.is_floating_point():
-            return logits_of(model(None, *args, inputs_embeds=inputs))
-        return logits_of(model(inputs, *args))
+            return logits_of(model(inputs_embeds=inputs, **kwargs))
+        return logits_of(model(input_ids=inputs, **kwargs))
 
     return forward
 
