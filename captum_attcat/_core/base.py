@@ -27,7 +27,7 @@ from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
-from .._utils.attention import AttentionRecorder, attention_configs, use_attention_handler
+from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
 from .._utils.validation import attention_mask_of, check_target, check_token_inputs
@@ -95,9 +95,6 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                 "(one per block) with `layers`"
             )
         self.adapter = adapter
-        self._roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
-        self._configs = attention_configs(self._roots)
-        self._hooked_attention = [m for m in adapter.attention_modules if not attention_configs([m])]
         LayerAttribution.__init__(self, adapter.forward, adapter.blocks)
         GradientAttribution.__init__(self, adapter.forward)
 
@@ -137,9 +134,10 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         handles: list = []
         states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
         try:
-            with explanation_mode(self._roots, self._configs), torch.enable_grad(), use_attention_handler(recorder):
+            with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
+                    use_attention_handler(recorder):
                 if attention:
-                    handles = recorder.hook_outputs(self._hooked_attention)
+                    handles = recorder.hook_outputs(adapter.hooked_attention)
                 with states:
                     output = adapter.forward(inputs, *args)
                 check_target(target, output)
@@ -151,7 +149,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                     )
                 wrt = states.captured()
                 if attention_grads:
-                    wrt += _captured(recorder.probabilities)
+                    wrt += recorder.captured()
                 grads = list(torch.autograd.grad(scores.sum(), wrt)) if wrt else []
         finally:
             for handle in handles:
@@ -164,17 +162,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
             scores=scores.detach(),
             states=[s.detach() for s in states.tensors],  # type: ignore[union-attr]
             state_grads=grads[:n_states],
-            attentions=[a.detach() for a in _captured(recorder.probabilities)] if attention else [],
+            attentions=[a.detach() for a in recorder.captured()] if attention else [],
             attention_grads=grads[n_states:],
         )
-
-
-def _captured(probabilities: list[Tensor | None]) -> list[Tensor]:
-    missing = [i for i, p in enumerate(probabilities) if p is None]
-    if missing:
-        raise RuntimeError(
-            f"no attention probabilities were seen for blocks {missing}: the attention modules "
-            "did not run, or do not compute attention through transformers' AttentionInterface"
-        )
-    return list(probabilities)  # type: ignore[arg-type]
 

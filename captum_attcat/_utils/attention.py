@@ -172,6 +172,16 @@ class AttentionRecorder(AttentionHandler):
         self.probabilities[block] = probs if self.probabilities_need_graph else probs.detach()
         return probs
 
+    def captured(self) -> list[Tensor]:
+        """The recorded probabilities of every block; raises if a block was not seen."""
+        missing = [i for i, p in enumerate(self.probabilities) if p is None]
+        if missing:
+            raise RuntimeError(
+                f"no attention probabilities were seen for blocks {missing}: the attention modules "
+                "did not run, or do not compute attention through transformers' AttentionInterface"
+            )
+        return list(self.probabilities)  # type: ignore[arg-type]
+
     def hook_outputs(self, attention_modules: Sequence[Module]) -> list:
         """Forward hooks for modules outside the interface: their output *is* the
         probabilities, or a tuple whose last element is (the Hugging Face

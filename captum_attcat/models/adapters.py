@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 from torch import Tensor
 from torch.nn import Module
 
+from .._utils.attention import attention_configs
+
 # model types whose position ids start after the padding index (RoBERTa style)
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
 
@@ -175,6 +177,14 @@ class TransformerAdapter:
                 return logits_of(forward_func(inputs, *args))
 
         return cls(forward, layers, attention_modules, root=root, config=getattr(root, "config", None))
+
+    def __post_init__(self) -> None:
+        #: modules switched to eval mode during a call: the model, or the given modules
+        self.roots: list[Module] = [self.root] if self.root is not None else self.blocks + self.attention_modules
+        #: the Hugging Face configs switched to the library's attention implementation
+        self.attention_configs = attention_configs(self.roots)
+        #: attention modules outside transformers' AttentionInterface (read through forward hooks)
+        self.hooked_attention = [m for m in self.attention_modules if not attention_configs([m])]
 
     @property
     def vocab_size(self) -> int | None:
