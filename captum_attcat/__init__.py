@@ -11,6 +11,7 @@ from ._core.attcat import CAT, AttCAT
 from ._core.base import TransformerAttribution
 from ._core.registry import METHODS, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
+from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
 from .models.adapters import TransformerAdapter
 
 __version__ = "0.1.0"
@@ -19,8 +20,13 @@ __all__ = [
     "ATTN_IMPLEMENTATION",
     "AttCAT",
     "CAT",
+    "HeadMask",
+    "HeadStatistics",
     "METHODS",
+    "ParsedSentence",
     "TransformerAdapter",
     "TransformerAttribution",
+    "head_statistics",
+    "read_conllu",
     "register_method",
 ]

@@ -37,11 +37,11 @@ def reference_model() -> BertForSequenceClassification:
 
 def tiny_bert(attn_implementation: str = "sdpa", seed: int = 0, **overrides) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(
+    settings = dict(
         vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=40, num_labels=3,
-        attn_implementation=attn_implementation, **overrides,
     )
+    config = BertConfig(attn_implementation=attn_implementation, **{**settings, **overrides})
     return BertForSequenceClassification(config).eval()
 
 

@@ -19,7 +19,7 @@ from .state import explanation_mode
 
 
 def attention_maps(adapter: Any, inputs: Tensor, *args: Any) -> list[Tensor]:
-    """Every block's attention probabilities for ``adapter.forward(inputs, *args)``,
+    """Every block's attention probabilities for ``adapter.call(inputs, *args)``,
     without gradients, the model in eval mode and restored afterwards."""
     recorder = AttentionRecorder(adapter.attention_modules)
     handles = []
@@ -27,7 +27,7 @@ def attention_maps(adapter: Any, inputs: Tensor, *args: Any) -> list[Tensor]:
         with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
                 use_attention_handler(recorder):
             handles = recorder.hook_outputs(adapter.hooked_attention)
-            adapter.forward(inputs, *args)
+            adapter.call(inputs, *args)
     finally:
         for handle in handles:
             handle.remove()

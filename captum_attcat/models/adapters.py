@@ -70,8 +70,8 @@ def _modules_matching(model: Module, spec: Any) -> list[Module]:
     ]
 
 
-def hf_forward(model: Module) -> Callable[..., Tensor]:
-    """``forward(inputs, *args) -> logits`` for a Hugging Face model.
+def hf_call(model: Module) -> Callable[..., Any]:
+    """``call(inputs, *args) -> model output`` for a Hugging Face model.
 
     Floating ``inputs`` are passed as ``inputs_embeds``, token ids as
     ``input_ids``. The additional arguments are, in order, the attention mask and
@@ -82,7 +82,7 @@ def hf_forward(model: Module) -> Callable[..., Tensor]:
     parameters = list(inspect.signature(model.forward).parameters)
     names = parameters[parameters.index("attention_mask"):] if "attention_mask" in parameters else []
 
-    def forward(inputs: Tensor, *args: Any) -> Tensor:
+    def call(inputs: Tensor, *args: Any) -> Any:
         if len(args) > len(names):
             raise TypeError(
                 f"{type(model).__name__} takes at most {len(names)} additional forward arguments "
@@ -90,10 +90,10 @@ def hf_forward(model: Module) -> Callable[..., Tensor]:
             )
         kwargs = dict(zip(names, args))
         if inputs.is_floating_point():
-            return logits_of(model(inputs_embeds=inputs, **kwargs))
-        return logits_of(model(input_ids=inputs, **kwargs))
+            return model(inputs_embeds=inputs, **kwargs)
+        return model(input_ids=inputs, **kwargs)
 
-    return forward
+    return call
 
 
 @dataclass
@@ -101,8 +101,8 @@ class TransformerAdapter:
     """A model as explanation methods see it.
 
     Attributes:
-        forward: ``forward(inputs, *additional_forward_args) -> scores``; token ids
-            or (floating) input embeddings as ``inputs``.
+        call: ``call(inputs, *additional_forward_args) -> output`` runs the model;
+            token ids or (floating) input embeddings as ``inputs``.
         blocks: the transformer blocks, first to last.
         attention_modules: the attention module of each block (same order); may be
             empty in the explicit form for methods that need no attention.
@@ -112,7 +112,7 @@ class TransformerAdapter:
             length and number of classes are checked against it).
     """
 
-    forward: Callable[..., Tensor]
+    call: Callable[..., Any]
     blocks: list[Module]
     attention_modules: list[Module]
     root: Module | None = None
@@ -142,7 +142,7 @@ class TransformerAdapter:
                 "explicitly: Method(model, layers=[...], attention_modules=[...])"
             )
 
-        return cls(hf_forward(model), blocks, attention, root=model, config=model.config)
+        return cls(hf_call(model), blocks, attention, root=model, config=model.config)
 
     @classmethod
     def explicit(
@@ -169,16 +169,12 @@ class TransformerAdapter:
                     raise TypeError(f"`{name}` must hold torch.nn.Module objects, got {type(module).__name__}")
         root = forward_func if isinstance(forward_func, Module) else getattr(forward_func, "__self__", None)
         root = root if isinstance(root, Module) else None
-        if _is_hf_model(forward_func):
-            forward = hf_forward(forward_func)
-        else:
-
-            def forward(inputs: Tensor, *args: Any) -> Tensor:
-                return logits_of(forward_func(inputs, *args))
-
-        return cls(forward, layers, attention_modules, root=root, config=getattr(root, "config", None))
+        call = hf_call(forward_func) if _is_hf_model(forward_func) else forward_func
+        return cls(call, layers, attention_modules, root=root, config=getattr(root, "config", None))
 
     def __post_init__(self) -> None:
+        #: ``forward(inputs, *args) -> scores``: the score tensor of :attr:`call`'s output
+        self.forward: Callable[..., Tensor] = lambda inputs, *args: logits_of(self.call(inputs, *args))
         #: modules switched to eval mode during a call: the model, or the given modules
         self.roots: list[Module] = [self.root] if self.root is not None else self.blocks + self.attention_modules
         #: the Hugging Face configs switched to the library's attention implementation
