@@ -125,6 +125,16 @@ class HeadMask:
             for p, s, m in zip(self.positional, self.syntactic, self.mask)  # type: ignore[arg-type]
         ]
 
+    def plot(self, path: str | Path | None = None, title: str | None = None) -> Any:
+        """Blocks x heads, positional and syntactic heads marked apart (Fig. 5 of the
+        Mask-LRP paper); saved as PNG to ``path`` if given. Returns the figure."""
+        from ..visualization import plot_head_mask
+
+        figure = plot_head_mask(self, title=title or f"Important heads ({self.kind})")
+        if path is not None:
+            figure.savefig(path, dpi=150)
+        return figure
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
