@@ -137,15 +137,21 @@ class Examples:
 # --------------------------------------------------------------------------- loading
 
 
-def _nonempty_or_raise(path: Path) -> None:
+def _nonempty_or_raise(path: Path, header: bool = False) -> None:
+    """Raise unless ``path`` has a non-blank line (two, the first being a header, if ``header``)."""
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
+    seen = 0
     with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
         for line in fh:
             if line.strip():
-                return
-    raise ValueError(f"data file is empty: {path}")
+                seen += 1
+                if seen > int(header):
+                    return
+    if seen == 0:
+        raise ValueError(f"data file is empty: {path}")
+    raise ValueError(f"data file has a header but no examples: {path}")
 
 
 def _file_format(path: Path) -> str:
@@ -164,8 +170,8 @@ def _read_table(path: Path, column_names: Sequence[str] | None = None) -> Any:
     """Read one local table file with ``datasets.load_dataset`` (the ``train`` split)."""
     import datasets
 
-    _nonempty_or_raise(path)
     fmt = _file_format(path)
+    _nonempty_or_raise(path, header=fmt in ("csv", "tsv") and column_names is None)
     kwargs: dict[str, Any] = {}
     if fmt in ("csv", "tsv"):
         kwargs = {"keep_default_na": False}
@@ -342,7 +348,7 @@ def load_task(
     Example::
 
         >>> load_task("sst2", "dev").labels[:4]
-        [1, 0, 1, 0]
+        [1, 0, 1, 1]
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; built-in tasks are {sorted(TASKS)} (or use --data FILE)")

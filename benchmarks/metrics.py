@@ -36,6 +36,7 @@ from scipy import stats
 
 __all__ = [
     "Perturbation",
+    "ForwardFunc",
     "PAPER_STEPS",
     "REFERENCE_STEPS",
     "BERT_SPECIAL_IDS",

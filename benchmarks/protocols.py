@@ -34,9 +34,30 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from .metrics import PAPER_STEPS, REFERENCE_STEPS, Perturbation
+from .metrics import (
+    BERT_SPECIAL_IDS,
+    PAPER_STEPS,
+    REFERENCE_STEPS,
+    ForwardFunc,
+    Perturbation,
+    perturbation_curve,
+)
 
-__all__ = ["Protocol", "PAPER", "ATTCAT", "MASKLRP", "PROTOCOLS", "get_protocol"]
+__all__ = ["Protocol", "ProtocolScores", "PAPER", "ATTCAT", "MASKLRP", "PROTOCOLS", "get_protocol"]
+
+
+@dataclass(frozen=True)
+class ProtocolScores:
+    """Per-example results of :meth:`Protocol.score`.
+
+    ``aopc`` / ``lodds``: ``(batch,)``; ``aopc_curve``: ``(batch, steps)`` probability drops
+    (absolute when the protocol says so); ``lodds_curve``: ``(batch, steps)`` ``log(p_k / p)``.
+    """
+
+    aopc: torch.Tensor
+    lodds: torch.Tensor
+    aopc_curve: torch.Tensor
+    lodds_curve: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,41 @@ class Protocol:
                 raise ValueError(f"{self.name} hides [{name.upper()}] but the tokenizer has no such token")
             mask = mask.masked_fill(input_ids == tok, 0)
         return mask
+
+    def score(
+        self,
+        forward_func: ForwardFunc,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        attributions: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        special_token_ids: tuple[int, ...] | list[int] | None = BERT_SPECIAL_IDS,
+        pad_token_id: int = 0,
+        mask_token_id: int | None = 103,
+        batch_size: int = 256,
+    ) -> ProtocolScores:
+        """AOPC and LOdds of ``attributions`` under this protocol (one curve per perturbation kind).
+
+        Example::
+
+            >>> s = ATTCAT.score(fwd, ids, mask, scores, labels)  # doctest: +SKIP
+            >>> s.aopc.shape
+            torch.Size([32])
+        """
+        kw = dict(attention_mask=attention_mask, steps=self.steps,
+                  special_token_ids=special_token_ids if self.exclude_special else None,
+                  pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size)
+        curves = {}
+        for kind in {self.aopc_perturbation, self.lodds_perturbation}:
+            curves[kind] = perturbation_curve(forward_func, input_ids, attributions, targets,
+                                              perturbation=kind, **kw)  # type: ignore[arg-type]
+        a, lo = curves[self.aopc_perturbation], curves[self.lodds_perturbation]
+        drop = a.p0[:, None] - a.pk
+        if self.aopc_absolute:
+            drop = drop.abs()
+        ratio = lo.log_pk - lo.log_p0[:, None]
+        return ProtocolScores(drop.mean(1), ratio.mean(1), drop, ratio)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, for result files."""

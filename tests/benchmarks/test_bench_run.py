@@ -1,0 +1,102 @@
+"""The runner end to end on a file it has never seen, with a tiny real BERT and real Captum."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.baselines import BASELINES, IntegratedGradientsEmbeddings, SaliencyEmbeddings
+from benchmarks.metrics import aopc, log_odds
+from benchmarks.run import available_methods, main, select_methods
+
+ROWS = [("good fun movie , very good , really good", 1), ("awful boring plot", 0), ("the acting was not good !", 0),
+        ("a great film", 1), ("dull", 0), ("it is really fine , this film .", 1), ("bad bad bad", 0)]
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("id\ttext\ty\n" + "".join(f"{i}\t{t}\t{y}\n" for i, (t, y) in enumerate(rows)))
+    return path
+
+
+def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    data = write_tsv(tmp_path / "never_seen.tsv", ROWS)
+    out = tmp_path / "out"
+    rc = main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "6",
+               "--model", str(tiny_model_dir), "--methods", "Saliency,InputXGradient,IntegratedGradients,Random",
+               "--protocol", "all", "--batch-size", "4", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = {(r["protocol"], r["method"]): r for r in res["results"]}
+    assert len(rows) == 12 and all(r["error"] is None for r in rows.values())
+    assert res["config"]["examples"] == 6 and res["config"]["protocols"]["attcat"]["aopc_absolute"] is True
+    assert res["versions"]["torch"] == torch.__version__
+    # masklrp keeps only inputs of >= 20 tokens: none here; attcat >= 10 tokens: 0 and 5 of the six
+    assert rows[("paper", "Saliency")]["examples"] == 6
+    assert rows[("attcat", "Saliency")]["examples"] == 2
+    assert rows[("masklrp", "Saliency")]["examples"] == 0
+    with open(out / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 12
+    assert "| Saliency |" in (out / "results.md").read_text()
+    assert (out / "curves_paper.png").stat().st_size > 1000
+
+    # the paper-protocol numbers equal an independent one-example-at-a-time computation
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fwd = lambda i, m: model(input_ids=i, attention_mask=m).logits  # noqa: E731
+    specials = [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]
+    a_vals, l_vals = [], []
+    for text, _ in ROWS[:6]:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            pred = int(fwd(ids, mask).argmax())
+        scores = SaliencyEmbeddings(model).attribute(ids, target=pred, additional_forward_args=(mask,))
+        kw = dict(attention_mask=mask, special_token_ids=specials, pad_token_id=tok.pad_token_id,
+                  mask_token_id=tok.mask_token_id)
+        a_vals.append(aopc(fwd, ids, scores, pred, perturbation="delete", **kw).item())
+        l_vals.append(log_odds(fwd, ids, scores, pred, perturbation="pad", **kw).item())
+    assert rows[("paper", "Saliency")]["aopc"] == pytest.approx(sum(a_vals) / 6, abs=1e-5)
+    assert rows[("paper", "Saliency")]["lodds"] == pytest.approx(sum(l_vals) / 6, abs=1e-5)
+    curves = res["curves"]["paper/Saliency"]
+    assert curves["aopc"][0] == 0.0 and len(curves["aopc"]) == 11
+
+
+def test_runner_rejects_labels_outside_the_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_tsv(tmp_path / "bad.tsv", [("good", 1), ("bad", 2)])
+    with pytest.raises(ValueError, match="label 2 .* outside the model's 2 classes"):
+        main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--model",
+              str(tiny_model_dir), "--methods", "Random", "--out", str(tmp_path / "o"), "--no-progress"])
+    with pytest.raises(KeyError, match="the columns are \\['id', 'text', 'y'\\]"):
+        main(["--data", str(data), "--model", str(tiny_model_dir), "--methods", "Random",
+              "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_method_selection() -> None:
+    avail = available_methods()
+    for name in BASELINES:
+        assert name in avail
+    assert list(select_methods("random, SALIENCY", avail)) == ["Random", "Saliency"]
+    with pytest.raises(ValueError, match="unknown method 'Gradcam'"):
+        select_methods("Gradcam", avail)
+
+
+def test_integrated_gradients_completeness(tiny_model_dir: Path) -> None:
+    """IG scores sum to logit(x) - logit(baseline) (up to the 50-step Riemann error)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0], [2, 8, 9, 3, 0, 0]])
+    mask = (ids != 0).long()
+    scores = IntegratedGradientsEmbeddings(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    base = torch.tensor([[2, 0, 0, 0, 3, 0], [2, 0, 0, 3, 0, 0]])   # [CLS] and [SEP] kept
+    with torch.no_grad():
+        diff = model(input_ids=ids, attention_mask=mask).logits[:, 1] - \
+            model(input_ids=base, attention_mask=mask).logits[:, 1]
+    torch.testing.assert_close(scores.sum(1), diff, atol=2e-3, rtol=2e-2)
+    assert (scores[mask == 0] == 0).all()
