@@ -38,7 +38,7 @@ from .data import Examples, encode_batches, load_file, load_task, model_max_leng
 from .metrics import kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
 
-__all__ = ["available_methods", "select_methods", "MethodResult", "evaluate_methods", "write_results", "main"]
+__all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results", "main"]
 
 
 def available_methods() -> dict[str, type]:
@@ -218,6 +218,26 @@ def evaluate_methods(
     return results
 
 
+def align_labels(examples: Examples, config: Any) -> Examples:
+    """Renumber labels to the model's classes when both sides name them (e.g. MNLI models that
+    order entailment/neutral/contradiction differently); otherwise return ``examples`` unchanged.
+
+    Example::
+
+        >>> cfg = type("C", (), {"id2label": {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}})()
+        >>> align_labels(Examples("m", ["a"], ["b"], [0], ("entailment", "neutral", "contradiction")), cfg).labels
+        [2]
+    """
+    names = examples.label_names
+    id2label = getattr(config, "id2label", None) or {}
+    model_ids = {str(v).lower(): int(k) for k, v in id2label.items()}
+    if not names or not all(n.lower() in model_ids for n in names):
+        return examples
+    new = [model_ids[names[y].lower()] for y in examples.labels]
+    ordered = tuple(str(id2label[i]) for i in sorted(int(k) for k in id2label))
+    return Examples(examples.name, examples.texts, examples.text_pairs, new, ordered, examples.max_length)
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "captum", "datasets", "numpy", "scipy", "captum-attcat",
@@ -352,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         task = a.task
     t0 = time.perf_counter()
     model, tokenizer, model_path = _load_model(a.model, progress)
+    examples = align_labels(examples, model.config)
     examples.check_labels(int(model.config.num_labels))
 
     results: list[MethodResult] = []

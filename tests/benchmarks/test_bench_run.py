@@ -100,3 +100,17 @@ def test_integrated_gradients_completeness(tiny_model_dir: Path) -> None:
             model(input_ids=base, attention_mask=mask).logits[:, 1]
     torch.testing.assert_close(scores.sum(1), diff, atol=2e-3, rtol=2e-2)
     assert (scores[mask == 0] == 0).all()
+
+
+def test_align_labels_follows_the_model_names() -> None:
+    from transformers import BertConfig
+
+    from benchmarks.data import Examples
+    from benchmarks.run import align_labels
+
+    ex = Examples("mnli", ["p1", "p2", "p3"], ["h1", "h2", "h3"], [0, 1, 2],
+                  ("entailment", "neutral", "contradiction"))
+    cfg = BertConfig(id2label={0: "CONTRADICTION", 1: "ENTAILMENT", 2: "NEUTRAL"})
+    assert align_labels(ex, cfg).labels == [1, 2, 0]
+    # generic LABEL_0.. names: nothing to align, numbers kept
+    assert align_labels(ex, BertConfig(num_labels=3)).labels == [0, 1, 2]
