@@ -1,0 +1,176 @@
+"""Speed of every registered method against the gradient floor (DESIGN section 9).
+
+The floor is the least any gradient explanation costs: one forward pass plus the
+gradient of the explained logits with respect to the embedding output (no
+parameter gradients), same model, batch and attention implementation as loaded.
+Each method's time is reported as a ratio to the floor measured in the same
+run; methods and the floor are interleaved and the median of the repeats is
+taken, so a busy machine slows all of them alike.
+
+Usage::
+
+    python -m benchmarks.speed [--json FILE] [--batch-sizes 1 32] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import captum
+import torch
+import transformers
+from captum.attr import LayerIntegratedGradients
+from torch import Tensor
+from transformers import BertConfig, BertForSequenceClassification
+
+from captum_attcat import METHODS, TransformerAdapter
+
+IG_STEPS = 50
+IG_MIN_SPEEDUP = 25.0
+
+
+def minilm_sized_model(seed: int = 0) -> BertForSequenceClassification:
+    """A BERT shaped like all-MiniLM-L6-v2 (6 blocks, 12 heads, hidden 384), random weights."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+        intermediate_size=1536, max_position_embeddings=512, num_labels=2,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def gradient_floor(model: torch.nn.Module, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+    """One forward and the gradient of the explained logits w.r.t. the embedding output."""
+    first_block = TransformerAdapter.from_model(model).blocks[0]
+    seen: list[Tensor] = []
+    handle = first_block.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        logits = model(ids, attention_mask=mask).logits
+    finally:
+        handle.remove()
+    return torch.autograd.grad(logits.gather(1, target[:, None]).sum(), seen[0])[0]
+
+
+def _integrated_gradients(model: torch.nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Captum's LayerIntegratedGradients on the embeddings, baseline = [PAD] ids."""
+    explainer = LayerIntegratedGradients(
+        lambda ids, mask: model(ids, attention_mask=mask).logits, model.bert.embeddings
+    )
+
+    def run(ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+        baseline = torch.full_like(ids, model.config.pad_token_id or 0)
+        return explainer.attribute(
+            ids, baselines=baseline, target=target, additional_forward_args=(mask,),
+            n_steps=IG_STEPS, internal_batch_size=max(ids.shape[0] * IG_STEPS // 4, IG_STEPS),
+        ).sum(-1)
+
+    return run
+
+
+def _method_runner(cls: type, model: torch.nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    explainer = cls(model)
+    return lambda ids, mask, target: explainer.attribute(ids, target=target, additional_forward_args=(mask,))
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(batch_size: int, seq_len: int = 64, repeats: int = 7, ig_repeats: int = 2) -> dict:
+    """Median seconds of the floor, each registered method and IG, and their ratios."""
+    model = minilm_sized_model()
+    generator = torch.Generator().manual_seed(batch_size)
+    ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones_like(ids)
+    target = torch.randint(0, 2, (batch_size,), generator=generator)
+    runners = {"floor": lambda i, m, t: gradient_floor(model, i, m, t)}
+    runners.update({name: _method_runner(cls, model) for name, cls in sorted(METHODS.items())})
+    for run in runners.values():  # warm-up
+        run(ids, mask, target)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(_time(lambda: run(ids, mask, target)))
+    ig = _integrated_gradients(model)
+    times["LayerIntegratedGradients"] = []
+    floor_around_ig: list[float] = []
+    for _ in range(ig_repeats):
+        floor_around_ig.append(_time(lambda: runners["floor"](ids, mask, target)))
+        times["LayerIntegratedGradients"].append(_time(lambda: ig(ids, mask, target)))
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    floor = seconds["floor"]
+    ratios = {name: value / floor for name, value in seconds.items()}
+    return {
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "seconds": seconds,
+        "ratio_to_floor": ratios,
+        "attcat_speedup_over_ig": seconds["LayerIntegratedGradients"] / seconds["AttCAT"],
+        "budgets": {name: METHODS[name].floor_budget for name in METHODS},
+    }
+
+
+def table(results: list[dict]) -> str:
+    """A Markdown table: per method, seconds and ratio to the floor at each batch size."""
+    names = list(results[0]["seconds"])
+    head = "| method | budget | " + " | ".join(
+        f"batch {r['batch_size']}: s / x floor" for r in results
+    ) + " |"
+    lines = [head, "|" + "---|" * (2 + len(results))]
+    for name in names:
+        budget = results[0]["budgets"].get(name)
+        budget_text = f"<= {budget:g}x" if budget else ("1x" if name == "floor" else f">= {IG_MIN_SPEEDUP:g}x slower than AttCAT")
+        cells = [f"{r['seconds'][name]:.4f} / {r['ratio_to_floor'][name]:.2f}x" for r in results]
+        lines.append(f"| {name} | {budget_text} | " + " | ".join(cells) + " |")
+    speedups = ", ".join(f"batch {r['batch_size']}: {r['attcat_speedup_over_ig']:.1f}x" for r in results)
+    lines.append("")
+    lines.append(f"AttCAT speed-up over LayerIntegratedGradients(n_steps={IG_STEPS}): {speedups}")
+    return "\n".join(lines)
+
+
+def failures(results: list[dict]) -> list[str]:
+    """Every budget of DESIGN section 9 that a measurement misses."""
+    missed = []
+    for r in results:
+        for name, budget in r["budgets"].items():
+            if r["ratio_to_floor"][name] > budget:
+                missed.append(f"{name} at batch {r['batch_size']}: {r['ratio_to_floor'][name]:.2f}x > {budget:g}x")
+        if r["attcat_speedup_over_ig"] < IG_MIN_SPEEDUP:
+            missed.append(f"AttCAT vs IG at batch {r['batch_size']}: {r['attcat_speedup_over_ig']:.1f}x < {IG_MIN_SPEEDUP:g}x")
+    return missed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the measurements and ratios to this file")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ig-repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    results = [measure(b, args.seq_len, args.repeats, args.ig_repeats) for b in args.batch_sizes]
+    print(table(results))
+    missed = failures(results)
+    for line in missed:
+        print("over budget:", line)
+    if args.json:
+        environment = {
+            "torch": torch.__version__, "captum": captum.__version__, "transformers": transformers.__version__,
+            "python": sys.version.split()[0], "machine": platform.machine(), "threads": torch.get_num_threads(),
+        }
+        with open(args.json, "w") as handle:
+            json.dump({"environment": environment, "results": results, "over_budget": missed}, handle, indent=2)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

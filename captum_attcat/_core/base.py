@@ -1,0 +1,179 @@
+"""The base of every explanation method: constructor forms, validation, one gradient pass.
+
+A method is built either from a Hugging Face model, whose blocks and attention
+are found automatically, or in Captum's explicit form from any forward function
+with its blocks and attention modules. :meth:`TransformerAttribution._gradient_pass`
+runs one forward pass that records what the method needs (block hidden states,
+attention probabilities) and one backward pass for the explained scores, with
+the model in eval mode and restored afterwards.
+
+Example::
+
+    >>> class MyMethod(TransformerAttribution):
+    ...     def attribute(self, inputs, target=None, additional_forward_args=None):
+    ...         run = self._gradient_pass(inputs, target, additional_forward_args, block_inputs=True)
+    ...         return sum((g * h).sum(-1) for g, h in zip(run.state_grads, run.states))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _select_targets
+from captum._utils.typing import TargetType
+from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from torch import Tensor
+from torch.nn import Module
+
+from .._utils.attention import AttentionRecorder, attention_configs, use_attention_handler
+from .._utils.hooks import BlockStates
+from .._utils.state import explanation_mode
+from .._utils.validation import attention_mask_of, check_target, check_token_inputs
+from ..models.adapters import TransformerAdapter
+
+
+@dataclass
+class GradientPass:
+    """What one forward + backward pass recorded, per block ``l`` (first to last).
+
+    Attributes:
+        inputs: the validated inputs.
+        attention_mask: ``(batch, seq)`` float mask, or ``None`` if none was passed.
+        scores: explained scores ``(batch,)`` (detached).
+        states: block hidden states ``(batch, seq, hidden)`` (detached).
+        state_grads: gradients of the summed explained scores w.r.t. ``states``.
+        attentions: attention probabilities ``(batch, heads, queries, keys)`` (detached).
+        attention_grads: gradients w.r.t. ``attentions``, if asked for.
+    """
+
+    inputs: Tensor
+    attention_mask: Tensor | None
+    scores: Tensor
+    states: list[Tensor] = field(default_factory=list)
+    state_grads: list[Tensor] = field(default_factory=list)
+    attentions: list[Tensor] = field(default_factory=list)
+    attention_grads: list[Tensor] = field(default_factory=list)
+
+
+class TransformerAttribution(LayerAttribution, GradientAttribution):
+    r"""Base class of the transformer explanation methods.
+
+    Args:
+        forward_func: a Hugging Face ``PreTrainedModel`` (blocks and attention are
+            found automatically), or any callable returning scores (logits)
+            ``(batch, classes)``, in which case ``layers`` and
+            ``attention_modules`` must be given.
+        layers: the transformer blocks, first to last (Captum's explicit form).
+        attention_modules: one attention module per block. A Hugging Face
+            attention module is switched to a recording attention implementation
+            for the call; any other module must return the attention
+            probabilities ``(batch, heads, queries, keys)``, or a tuple whose
+            last element they are.
+    """
+
+    #: whether the method reads attention probabilities (then ``attention_modules`` are required)
+    needs_attention: bool = True
+    #: time budget in multiples of the gradient floor (one forward + the gradient of
+    #: the explained scores w.r.t. the embedding output), checked by ``benchmarks.speed``
+    floor_budget: float = 1.3
+
+    def __init__(
+        self,
+        forward_func: Module | Callable[..., Any],
+        layers: Sequence[Module] | None = None,
+        attention_modules: Sequence[Module] | None = None,
+    ) -> None:
+        if layers is None and attention_modules is None:
+            adapter = TransformerAdapter.from_model(forward_func)
+        else:
+            adapter = TransformerAdapter.explicit(forward_func, layers, attention_modules)
+        if self.needs_attention and not adapter.attention_modules:
+            raise ValueError(
+                f"{type(self).__name__} reads attention probabilities: pass `attention_modules` "
+                "(one per block) with `layers`"
+            )
+        self.adapter = adapter
+        LayerAttribution.__init__(self, adapter.forward, adapter.blocks)
+        GradientAttribution.__init__(self, adapter.forward)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def _prepare(self, inputs: Any, additional_forward_args: Any) -> tuple[Tensor, tuple, Tensor | None]:
+        inputs = check_token_inputs(inputs, self.adapter.vocab_size, self.adapter.max_length)
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        return inputs, args, attention_mask_of(inputs, args)
+
+    def _gradient_pass(
+        self,
+        inputs: Any,
+        target: TargetType,
+        additional_forward_args: Any,
+        block_inputs: bool | None = True,
+        attention: bool = False,
+        attention_grads: bool = False,
+    ) -> GradientPass:
+        """One forward and one backward pass.
+
+        ``block_inputs``: record block inputs (True), outputs (False) or no
+        hidden states (None). ``attention``: record attention probabilities;
+        ``attention_grads``: also their gradients. Hugging Face attention always
+        runs through the library's eager implementation, so every method sees
+        the same numbers whatever implementation the model was loaded with.
+        """
+        inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
+        adapter = self.adapter
+        roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
+        attention = attention or attention_grads
+        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads)
+        hooked = [m for m in adapter.attention_modules if not attention_configs([m])]
+        handles: list = []
+        states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
+        try:
+            with explanation_mode(roots), torch.enable_grad(), use_attention_handler(recorder):
+                if attention:
+                    handles = recorder.hook_outputs(hooked)
+                with states:
+                    output = adapter.forward(inputs, *args)
+                check_target(target, output)
+                scores = _select_targets(output, target)
+                if scores.dim() != 1:
+                    raise ValueError(
+                        f"the explained scores have shape {tuple(scores.shape)}; expected one score "
+                        "per example: pass a `target` that selects a single output"
+                    )
+                wrt = states.captured()
+                if attention_grads:
+                    wrt += _captured(recorder.probabilities)
+                grads = list(torch.autograd.grad(scores.sum(), wrt)) if wrt else []
+        finally:
+            for handle in handles:
+                handle.remove()
+            states.remove()
+        n_states = len(states.tensors)
+        return GradientPass(
+            inputs=inputs,
+            attention_mask=attention_mask,
+            scores=scores.detach(),
+            states=[s.detach() for s in states.tensors],  # type: ignore[union-attr]
+            state_grads=grads[:n_states],
+            attentions=[a.detach() for a in _captured(recorder.probabilities)] if attention else [],
+            attention_grads=grads[n_states:],
+        )
+
+
+def _captured(probabilities: list[Tensor | None]) -> list[Tensor]:
+    missing = [i for i, p in enumerate(probabilities) if p is None]
+    if missing:
+        raise RuntimeError(
+            f"no attention probabilities were seen for blocks {missing}: the attention modules "
+            "did not run, or do not compute attention through transformers' AttentionInterface"
+        )
+    return list(probabilities)  # type: ignore[arg-type]
+

@@ -1,0 +1,1 @@
+"""Capture, validation and state utilities shared by the methods."""

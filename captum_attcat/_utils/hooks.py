@@ -1,0 +1,102 @@
+"""Capture the hidden states that enter or leave each transformer block.
+
+Captum's layer utilities hook every positional input of a layer and require all
+of them to be tensors; Hugging Face blocks also receive ``None`` masks and
+keyword arguments. :class:`BlockStates` hooks only the hidden states (the first
+positional tensor, or the ``hidden_states`` keyword), keeps the original tensor
+for gradients and hands a clone to the block, exactly as Captum's
+``compute_layer_gradients_and_eval`` does, so in-place operations inside a
+block cannot corrupt what was captured.
+
+Example::
+
+    >>> with BlockStates(model.bert.encoder.layer, inputs=True) as states:
+    ...     logits = model(input_ids).logits
+    >>> grads = torch.autograd.grad(logits[:, 1].sum(), states.tensors)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor
+from torch.nn import Module
+
+
+class BlockStates:
+    """Context manager recording block input (``inputs=True``) or output hidden states.
+
+    ``tensors[l]`` is block ``l``'s hidden state ``(batch, seq, hidden)``; it
+    requires grad, so gradients of any later output can be taken with respect
+    to it. Hooks are removed on exit, whatever happens.
+    """
+
+    def __init__(self, blocks: Sequence[Module], inputs: bool = True) -> None:
+        self.blocks = list(blocks)
+        self.inputs = inputs
+        self.tensors: list[Tensor | None] = [None] * len(self.blocks)
+        self._handles: list = []
+
+    def _keep(self, index: int, hidden: Tensor) -> Tensor:
+        if not hidden.requires_grad:  # nothing upstream needs grad: start a fresh leaf
+            hidden = hidden.detach().requires_grad_()
+        self.tensors[index] = hidden
+        return hidden.clone()
+
+    def _pre_hook(self, index: int):
+        def hook(module: Module, args: tuple, kwargs: dict[str, Any]):
+            if args and isinstance(args[0], Tensor):
+                return (self._keep(index, args[0]), *args[1:]), kwargs
+            if isinstance(kwargs.get("hidden_states"), Tensor):
+                kwargs = dict(kwargs, hidden_states=self._keep(index, kwargs["hidden_states"]))
+                return args, kwargs
+            raise ValueError(
+                f"block {index} ({type(module).__name__}) received no hidden-states tensor: "
+                "expected it as the first positional argument or as `hidden_states=`"
+            )
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module: Module, args: tuple, output):
+            if isinstance(output, Tensor):
+                return self._keep(index, output)
+            if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+                return type(output)((self._keep(index, output[0]), *output[1:]))
+            raise ValueError(
+                f"block {index} ({type(module).__name__}) returned {type(output).__name__}; "
+                "expected a hidden-states tensor or a tuple starting with one"
+            )
+
+        return hook
+
+    def __enter__(self) -> "BlockStates":
+        try:
+            for index, block in enumerate(self.blocks):
+                if self.inputs:
+                    handle = block.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True)
+                else:
+                    handle = block.register_forward_hook(self._post_hook(index))
+                self._handles.append(handle)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def captured(self) -> list[Tensor]:
+        """The captured tensors; raises if a block never ran."""
+        missing = [i for i, t in enumerate(self.tensors) if t is None]
+        if missing:
+            raise RuntimeError(
+                f"blocks {missing} never ran during the forward pass: the given layers are "
+                "not used by the forward function"
+            )
+        return list(self.tensors)  # type: ignore[arg-type]

@@ -1,0 +1,176 @@
+"""Where the blocks and the attention of a model are, and how to call it.
+
+:class:`TransformerAdapter` is all an explanation method needs to know about a
+model: a forward function returning one score tensor, the transformer blocks in
+order, the attention module of each block, and (for Hugging Face models) the
+config used to validate inputs.
+
+For a Hugging Face ``PreTrainedModel`` the blocks and attention modules are
+found from the model's own declaration of what it can record
+(``_can_record_outputs``: ``"hidden_states"`` names the block class,
+``"attentions"`` the self-attention class), the same table transformers uses
+for ``output_hidden_states``/``output_attentions``. This covers BERT,
+RoBERTa/XLM-R, DistilBERT, ELECTRA and every other family built that way.
+
+Example::
+
+    >>> adapter = TransformerAdapter.from_model(model)
+    >>> len(adapter.blocks), type(adapter.attention_modules[0]).__name__
+    (2, 'BertSelfAttention')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from torch import Tensor
+from torch.nn import Module
+
+# model types whose position ids start after the padding index (RoBERTa style)
+_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
+
+
+def logits_of(output: Any) -> Tensor:
+    """The score tensor of a model output: itself, ``.logits``, or the first element."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(
+        f"the forward function returned {type(output).__name__}; expected a tensor of "
+        "scores, an output with `.logits`, or a tuple starting with a tensor"
+    )
+
+
+def _is_hf_model(obj: Any) -> bool:
+    return isinstance(obj, Module) and hasattr(obj, "config") and hasattr(obj, "_can_record_outputs")
+
+
+def _record_spec(spec: Any) -> tuple[type, str | None]:
+    """(module class, name filter) from a ``_can_record_outputs`` entry."""
+    target = getattr(spec, "target_class", spec)
+    return target, getattr(spec, "layer_name", None)
+
+
+def _modules_matching(model: Module, spec: Any) -> list[Module]:
+    target, layer_name = _record_spec(spec)
+    if not isinstance(target, type):
+        return []
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, target) and (layer_name is None or layer_name in f".{name}")
+    ]
+
+
+def hf_forward(model: Module) -> Callable[..., Tensor]:
+    """``forward(inputs, *args) -> logits`` for a Hugging Face model; floating
+    ``inputs`` are passed as ``inputs_embeds``, token ids as ``input_ids``."""
+
+    def forward(inputs: Tensor, *args: Any) -> Tensor:
+        if inputs.is_floating_point():
+            return logits_of(model(None, *args, inputs_embeds=inputs))
+        return logits_of(model(inputs, *args))
+
+    return forward
+
+
+@dataclass
+class TransformerAdapter:
+    """A model as explanation methods see it.
+
+    Attributes:
+        forward: ``forward(inputs, *additional_forward_args) -> scores``; token ids
+            or (floating) input embeddings as ``inputs``.
+        blocks: the transformer blocks, first to last.
+        attention_modules: the attention module of each block (same order); may be
+            empty in the explicit form for methods that need no attention.
+        root: the model as a whole, when known (its mode and attention
+            implementation are switched during a call and restored).
+        config: the Hugging Face config, when known (vocabulary size, maximum
+            length and number of classes are checked against it).
+    """
+
+    forward: Callable[..., Tensor]
+    blocks: list[Module]
+    attention_modules: list[Module]
+    root: Module | None = None
+    config: Any = None
+
+    @classmethod
+    def from_model(cls, model: Any) -> "TransformerAdapter":
+        """Find blocks and attention modules of a Hugging Face model."""
+        if not _is_hf_model(model):
+            raise TypeError(
+                f"cannot find the transformer blocks of {type(model).__name__}: searched for a "
+                "Hugging Face PreTrainedModel declaring `_can_record_outputs` "
+                "('hidden_states' -> block class, 'attentions' -> attention class). For any "
+                "other model pass them explicitly: "
+                "Method(forward_func, layers=[block, ...], attention_modules=[attn, ...])"
+            )
+        spec = type(model)._can_record_outputs or {}
+        blocks = _modules_matching(model, spec.get("hidden_states"))
+        attention = _modules_matching(model, spec.get("attentions"))
+        expected = getattr(model.config, "num_hidden_layers", len(blocks))
+        if not blocks or len(blocks) != len(attention) or len(blocks) != expected:
+            raise ValueError(
+                f"cannot find the attention of {type(model).__name__}: searched for modules of "
+                f"class {_record_spec(spec.get('hidden_states'))[0]!r} (blocks, found "
+                f"{len(blocks)}) and {_record_spec(spec.get('attentions'))[0]!r} (attention, "
+                f"found {len(attention)}), expecting {expected} of each. Pass them "
+                "explicitly: Method(model, layers=[...], attention_modules=[...])"
+            )
+
+        return cls(hf_forward(model), blocks, attention, root=model, config=model.config)
+
+    @classmethod
+    def explicit(
+        cls,
+        forward_func: Callable[..., Any],
+        layers: Sequence[Module] | None,
+        attention_modules: Sequence[Module] | None,
+    ) -> "TransformerAdapter":
+        """Use the given blocks and attention modules of any model (Captum's explicit form)."""
+        if layers is None:
+            raise ValueError(
+                "pass `layers` (the transformer blocks, in order) with `attention_modules` "
+                "(one per block), or neither for a Hugging Face model"
+            )
+        layers, attention_modules = list(layers), list(attention_modules or [])
+        if not layers or (attention_modules and len(layers) != len(attention_modules)):
+            raise ValueError(
+                f"`layers` must be non-empty and `attention_modules` hold one module per layer; "
+                f"got {len(layers)} layers and {len(attention_modules)} attention modules"
+            )
+        for name, modules in (("layers", layers), ("attention_modules", attention_modules)):
+            for module in modules:
+                if not isinstance(module, Module):
+                    raise TypeError(f"`{name}` must hold torch.nn.Module objects, got {type(module).__name__}")
+        root = forward_func if isinstance(forward_func, Module) else getattr(forward_func, "__self__", None)
+        root = root if isinstance(root, Module) else None
+        if _is_hf_model(forward_func):
+            forward = hf_forward(forward_func)
+        else:
+
+            def forward(inputs: Tensor, *args: Any) -> Tensor:
+                return logits_of(forward_func(inputs, *args))
+
+        return cls(forward, layers, attention_modules, root=root, config=getattr(root, "config", None))
+
+    @property
+    def vocab_size(self) -> int | None:
+        return getattr(self.config, "vocab_size", None)
+
+    @property
+    def max_length(self) -> int | None:
+        """Longest token sequence the position embeddings allow, if known."""
+        positions = getattr(self.config, "max_position_embeddings", None)
+        if positions is None:
+            return None
+        if getattr(self.config, "model_type", None) in _POSITION_OFFSET_TYPES:
+            positions -= (getattr(self.config, "pad_token_id", None) or 0) + 1
+        return positions
