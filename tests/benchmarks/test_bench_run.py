@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_toy import tiny_model_dir  # noqa: F401  (fixture)
 
 from benchmarks.baselines import BASELINES, IntegratedGradientsEmbeddings, SaliencyEmbeddings
 from benchmarks.metrics import aopc, log_odds
@@ -114,3 +115,18 @@ def test_align_labels_follows_the_model_names() -> None:
     assert align_labels(ex, cfg).labels == [1, 2, 0]
     # generic LABEL_0.. names: nothing to align, numbers kept
     assert align_labels(ex, BertConfig(num_labels=3)).labels == [0, 1, 2]
+
+
+def test_every_registered_method_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from captum_attcat import METHODS
+
+    data = write_tsv(tmp_path / "d.tsv", ROWS)
+    out = tmp_path / "all"
+    main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "4",
+          "--model", str(tiny_model_dir), "--methods", "all", "--protocol", "attcat", "--out", str(out),
+          "--no-progress"])
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert set(METHODS) | set(BASELINES) == set(rows)
+    for name, r in rows.items():
+        assert r["error"] is None, (name, r["error"])
+        assert r["examples"] == 1 and -1.0 <= r["aopc"] <= 1.0
