@@ -10,8 +10,9 @@ and how Kendall tau is computed.
   the explanation; Kendall tau on token ranks.
 * ``ATTCAT``: the AttCAT reference evaluation. k = i/9 (i = 1..9); the true label; AOPC averages
   ``|p - p_k|`` with deletion; LOdds with [PAD]; examples shorter than 10 tokens skipped;
-  [CLS] and [SEP] zeroed in the attention mask for the explanation pass; Kendall tau on the
-  ``argsort`` permutations.
+  [CLS] and [SEP] zeroed in the attention mask for the explanation pass (methods that average
+  over query rows, such as AttCAT's ``query_mask``, still average over every real token, as the
+  reference notebooks do); Kendall tau on the ``argsort`` permutations.
 * ``MASKLRP``: the Mask-LRP reference evaluation. k = i/9; the true label; signed AOPC and LOdds,
   both with [PAD]; only [SEP] zeroed for the explanation; examples shorter than 20 tokens
   skipped; QQP keeps only label 1; examples whose original true-label probability is below
@@ -83,6 +84,7 @@ class Protocol:
     explain_hide: tuple[Literal["cls", "sep"], ...] = ()
     kendall_on: Literal["ranks", "argsort"] = "ranks"
     exclude_special: bool = True
+    all_query_rows: bool = False
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0.0 <= k <= 1.0 for k in self.steps):
@@ -214,6 +216,7 @@ ATTCAT = Protocol(
     min_tokens=10,
     explain_hide=("cls", "sep"),
     kendall_on="argsort",
+    all_query_rows=True,
 )
 MASKLRP = Protocol(
     name="masklrp",

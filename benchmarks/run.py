@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import platform
 import sys
@@ -177,12 +178,16 @@ def evaluate_methods(
         except Exception as exc:  # a method that cannot handle this model: report, go on
             res.error = f"{type(exc).__name__}: {exc}"
             continue
+        # reference AttCAT: [CLS]/[SEP] hidden, yet every real token's query row averaged
+        rows_kw = protocol.all_query_rows and "query_mask" in inspect.signature(explainer.attribute).parameters
         aopcs, lodds, acurves, lcurves, taus = [], [], [], [], []
         bar = tqdm(batches, desc=f"{protocol.name}:{name}", unit="batch", disable=not progress, leave=False)
         try:
             for b in bar:
                 t0 = time.perf_counter()
-                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=(b.explain_mask,))
+                kw = {"query_mask": b.mask} if rows_kw else {}
+                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=(b.explain_mask,),
+                                             **kw)
                 scores = scores.detach().float()
                 t1 = time.perf_counter()
                 s = protocol.score(forward, b.ids, b.mask, scores, b.targets, special_token_ids=specials,
@@ -191,7 +196,8 @@ def evaluate_methods(
                 if kendall:
                     def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
                                 em: torch.Tensor = b.explain_mask) -> torch.Tensor:
-                        return explainer.attribute(ids, target=tgt, additional_forward_args=(em,)).detach()
+                        return explainer.attribute(ids, target=tgt, additional_forward_args=(em,),
+                                                   **({"query_mask": _m} if rows_kw else {})).detach()
 
                     taus.append(kendall_tau_confidence(explain, b.ids, b.targets, model.config.num_labels,
                                                        attention_mask=b.mask, on=protocol.kendall_on,

@@ -130,3 +130,38 @@ def test_every_registered_method_runs(tmp_path: Path, tiny_model_dir: Path) -> N
     for name, r in rows.items():
         assert r["error"] is None, (name, r["error"])
         assert r["examples"] == 1 and -1.0 <= r["aopc"] <= 1.0
+
+
+def test_explanation_pass_masks_per_protocol(tiny_model_dir: Path) -> None:
+    """attcat hides [CLS]/[SEP] from the explained model but keeps every real query row."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.data import Examples
+    from benchmarks.protocols import ATTCAT, MASKLRP, PAPER
+    from benchmarks.run import evaluate_methods
+
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    class Spy:
+        def __init__(self, model: object) -> None:
+            pass
+
+        def attribute(self, input_ids: torch.Tensor, target: object = None, additional_forward_args: tuple = (),
+                      query_mask: torch.Tensor | None = None) -> torch.Tensor:
+            seen.append((additional_forward_args[0].clone(), query_mask))
+            return torch.arange(input_ids.shape[1], dtype=torch.float32).expand(input_ids.shape).clone()
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "good fun movie , very good , really good"          # 9 words -> 11 tokens
+    ex = Examples("t", [text], None, [1])
+    for proto, want in [(PAPER, [1] * 11), (ATTCAT, [0] + [1] * 9 + [0]), (MASKLRP, [1] * 10 + [0])]:
+        seen.clear()
+        keep = proto is not MASKLRP                             # masklrp needs >= 20 tokens
+        res = evaluate_methods(model, tok, ex, {"Spy": Spy}, proto, progress=False)
+        assert res[0].examples == int(keep)
+        if keep:
+            assert seen[0][0].tolist() == [want]
+            assert (seen[0][1] is not None) == (proto is ATTCAT)
+            if proto is ATTCAT:
+                assert seen[0][1].tolist() == [[1] * 11]
