@@ -41,6 +41,7 @@ __all__ = [
     "REFERENCE_STEPS",
     "BERT_SPECIAL_IDS",
     "PerturbationCurve",
+    "ForwardCache",
     "rankable_mask",
     "removal_counts",
     "perturb",
@@ -210,16 +211,83 @@ class PerturbationCurve:
         return self.log_pk.exp()
 
 
+class ForwardCache:
+    """Memo of log-probabilities keyed by the exact model input.
+
+    The key is a row's token ids and attention mask up to its last attended position, so two
+    perturbations that give the same input (for example two methods that remove the same
+    tokens) cost one forward pass. Only valid for one model: make a new cache per model.
+
+    Example::
+
+        >>> cache = ForwardCache()
+        >>> aopc(fwd, ids, scores_a, attention_mask=mask, cache=cache)  # doctest: +SKIP
+        >>> aopc(fwd, ids, scores_b, attention_mask=mask, cache=cache)  # shared perturbations reused
+    """
+
+    def __init__(self) -> None:
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+def _row_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended position + 1 (0 for an all-padding row)."""
+    pos = torch.arange(1, mask.shape[1] + 1).expand_as(mask)
+    return torch.where(mask.bool(), pos, torch.zeros_like(pos)).max(1).values
+
+
 @torch.no_grad()
 def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor, extra: tuple[Any, ...],
-               batch_size: int) -> torch.Tensor:
-    outs = []
-    for s in range(0, ids.shape[0], batch_size):
-        sl = slice(s, s + batch_size)
-        extra_b = tuple(a[sl] if isinstance(a, torch.Tensor) and a.shape[:1] == ids.shape[:1] else a
-                        for a in extra)
-        outs.append(torch.log_softmax(_logits(forward_func(ids[sl], mask[sl], *extra_b)).float(), -1))
-    return torch.cat(outs, 0)
+               batch_size: int, cache: ForwardCache | None = None) -> torch.Tensor:
+    """Log-softmax of the model output for every row.
+
+    Rows are sorted by length and each forward batch is cut to its longest row (columns past
+    every row's last attended position are padding), which makes deleted copies cheap.
+    """
+    n = ids.shape[0]
+    lengths = _row_lengths(mask)
+    per_row = [isinstance(a, torch.Tensor) and a.shape[:1] == (n,) for a in extra]
+    use_cache = cache is not None and not extra
+    keys: list[bytes] = []
+    out: list[torch.Tensor | None] = [None] * n
+    todo = list(range(n))
+    if use_cache:
+        assert cache is not None
+        ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
+        keys = [ids_np[i, : int(lengths[i])].tobytes() + b"|" + mask_np[i, : int(lengths[i])].tobytes()
+                for i in range(n)]
+        todo = []
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            hit = cache.store.get(k)
+            if hit is not None:
+                out[i] = hit
+                cache.hits += 1
+            elif k in first:
+                cache.hits += 1
+            else:
+                first[k] = i
+                todo.append(i)
+                cache.misses += 1
+    todo.sort(key=lambda i: int(lengths[i]))
+    for s in range(0, len(todo), batch_size):
+        rows = torch.tensor(todo[s:s + batch_size], dtype=torch.long)
+        width = max(1, int(lengths[rows].max()))
+        extra_b = tuple(a[rows] if pr else a for a, pr in zip(extra, per_row))
+        lp = torch.log_softmax(_logits(forward_func(ids[rows, :width], mask[rows, :width], *extra_b)).float(), -1)
+        for j, i in enumerate(rows.tolist()):
+            out[i] = lp[j]
+            if use_cache:
+                cache.store[keys[i]] = lp[j]  # type: ignore[union-attr]
+    if use_cache:
+        for i in range(n):
+            if out[i] is None:
+                out[i] = cache.store[keys[i]]  # type: ignore[union-attr]
+    return torch.stack(out, 0)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -238,11 +306,14 @@ def perturbation_curve(
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     batch_size: int = 256,
+    cache: ForwardCache | None = None,
 ) -> PerturbationCurve:
     """Probability of the explained class after removing the top ``k`` of the tokens, for each ``k``.
 
     ``target=None`` explains the predicted class. Steps that remove nothing reuse the
-    unperturbed probability; all other copies go through ``forward_func`` ``batch_size`` at a time.
+    unperturbed probability; all other copies go through ``forward_func`` ``batch_size`` at a time
+    (sorted by length, each batch cut to its longest row). With a :class:`ForwardCache`, inputs
+    already evaluated (by an earlier call on the same model) are not evaluated again.
 
     Example::
 
@@ -256,7 +327,7 @@ def perturbation_curve(
     if not steps:
         raise ValueError("steps is empty")
     B, S = input_ids.shape
-    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size)
+    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size, cache)
     tgt = _target_tensor(target, B, log_p)
     log_p0 = log_p.gather(1, tgt[:, None])[:, 0]
 
@@ -280,7 +351,7 @@ def perturbation_curve(
         remove = rank[ex] < cnt[:, None]
         ids_p, mask_p = perturb(input_ids[ex], mask[ex], remove, perturbation, pad_token_id, mask_token_id)
         extra_p = tuple(a[ex] if isinstance(a, torch.Tensor) and a.shape[:1] == (B,) else a for a in extra)
-        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size).gather(1, tgt[ex][:, None])[:, 0]
+        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache).gather(1, tgt[ex][:, None])[:, 0]
         table = torch.full((B, int(counts.max()) + 1), float("nan"))
         table[ex, cnt] = lp
         nz = counts > 0
@@ -304,6 +375,7 @@ def aopc(
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     batch_size: int = 256,
+    cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Area over the perturbation curve, per example: mean over ``k`` of ``p(x) - p(x~k)`` (higher = better).
 
@@ -319,7 +391,7 @@ def aopc(
         forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
         perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
         pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, batch_size=batch_size,
+        additional_forward_args=additional_forward_args, batch_size=batch_size, cache=cache,
     )
     return aopc_from_curve(curve, absolute)
 
@@ -345,6 +417,7 @@ def log_odds(
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     batch_size: int = 256,
+    cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Log-odds, per example: mean over ``k`` of ``log(p(x~k) / p(x))`` (lower = better).
 
@@ -360,7 +433,7 @@ def log_odds(
         forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
         perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
         pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, batch_size=batch_size,
+        additional_forward_args=additional_forward_args, batch_size=batch_size, cache=cache,
     )
     return log_odds_from_curve(curve)
 

@@ -38,6 +38,7 @@ import torch
 from .metrics import (
     BERT_SPECIAL_IDS,
     PAPER_STEPS,
+    ForwardCache,
     REFERENCE_STEPS,
     ForwardFunc,
     Perturbation,
@@ -172,6 +173,7 @@ class Protocol:
         pad_token_id: int = 0,
         mask_token_id: int | None = 103,
         batch_size: int = 256,
+        cache: ForwardCache | None = None,
     ) -> ProtocolScores:
         """AOPC and LOdds of ``attributions`` under this protocol (one curve per perturbation kind).
 
@@ -183,7 +185,8 @@ class Protocol:
         """
         kw = dict(attention_mask=attention_mask, steps=self.steps,
                   special_token_ids=special_token_ids if self.exclude_special else None,
-                  pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size)
+                  pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size,
+                  cache=cache)
         curves = {}
         for kind in {self.aopc_perturbation, self.lodds_perturbation}:
             curves[kind] = perturbation_curve(forward_func, input_ids, attributions, targets,

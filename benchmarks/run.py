@@ -36,7 +36,7 @@ import torch
 
 from .baselines import BASELINES
 from .data import Examples, encode_batches, load_file, load_task, model_max_length
-from .metrics import kendall_tau_confidence, nanmean
+from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
 
 __all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results", "main"]
@@ -147,8 +147,12 @@ def evaluate_methods(
     metric_batch_size: int = 256,
     kendall: bool = False,
     progress: bool = True,
+    cache: ForwardCache | None = None,
 ) -> list[MethodResult]:
     """Explain every example with every method and score the explanations under ``protocol``.
+
+    Perturbed inputs that several methods (or protocols) share are evaluated once through
+    ``cache`` (a new one per call when None; pass one to share it across calls on one model).
 
     Example::
 
@@ -158,6 +162,7 @@ def evaluate_methods(
     from tqdm.auto import tqdm
 
     model.eval()
+    cache = ForwardCache() if cache is None else cache
     max_length = model_max_length(tokenizer, model.config)
     batches, kept = _prepare(model, tokenizer, examples, protocol, task, batch_size, max_length)
     specials = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
@@ -192,7 +197,7 @@ def evaluate_methods(
                 t1 = time.perf_counter()
                 s = protocol.score(forward, b.ids, b.mask, scores, b.targets, special_token_ids=specials,
                                    pad_token_id=pad_id, mask_token_id=tokenizer.mask_token_id,
-                                   batch_size=metric_batch_size)
+                                   batch_size=metric_batch_size, cache=cache)
                 if kendall:
                     def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
                                 em: torch.Tensor = b.explain_mask) -> torch.Tensor:
@@ -383,9 +388,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[MethodResult] = []
     t_run = time.perf_counter()
+    cache = ForwardCache()
     for proto in protos:
         results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
-                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress)
+                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache)
     seconds = time.perf_counter() - t_run
     eval_json = Path(model_path) / "eval.json"
     config = {
@@ -395,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
         "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
         "batch_size": a.batch_size, "kendall": a.kendall, "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 1), "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1), "metric_forwards": cache.misses, "metric_forwards_saved": cache.hits, "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
         "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
     }
     out = Path(a.out) if a.out else Path("results") / Path(task).stem

@@ -25,7 +25,7 @@ def sigmoid(x: float) -> float:
 
 
 class BagModel(torch.nn.Module):
-    """Sum of per-token weights; counts its forward calls and rows."""
+    """Sum of per-token weights; counts its forward calls, rows and (row x column) cells."""
 
     def __init__(self, weights: dict[int, float], first_token_weight: float = 1.0,
                  pad_weight: float = 0.25, mask_weight: float = -0.5) -> None:
@@ -39,10 +39,12 @@ class BagModel(torch.nn.Module):
         self.first_token_weight = first_token_weight
         self.calls = 0
         self.rows = 0
+        self.cells = 0
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         self.rows += input_ids.shape[0]
+        self.cells += input_ids.numel()
         pos = torch.ones(input_ids.shape[1])
         if input_ids.shape[1] > 1:
             pos[1] = self.first_token_weight

@@ -10,6 +10,7 @@ from bench_toy import CLS, MASK, PAD, SEP, BagModel, sigmoid
 
 from benchmarks.metrics import (
     PAPER_STEPS,
+    ForwardCache,
     kendall_tau,
     kendall_tau_confidence,
     log_odds,
@@ -155,6 +156,33 @@ def test_perturbed_copies_go_through_in_batches() -> None:
     m = model()
     aopc(m, IDS, ATTR, attention_mask=MASK_, steps=STEPS, batch_size=3)
     assert (m.calls, m.rows) == (1 + 3, 11)
+
+
+def test_forward_batches_are_cut_to_their_longest_row() -> None:
+    m = model()
+    aopc(m, IDS, ATTR, attention_mask=MASK_, steps=STEPS, perturbation="delete", batch_size=1)
+    # originals: 5 + 5 + 4 tokens; deleted copies: A 4,3,2; B 4,3,2; C 3,2
+    assert m.cells == 14 + 23
+    m = model()
+    aopc(m, IDS, ATTR, attention_mask=MASK_, steps=STEPS, perturbation="pad", batch_size=1)
+    assert m.cells == 14 + 3 * 5 + 3 * 5 + 2 * 4      # replacement keeps every length
+
+
+def test_forward_cache_reuses_identical_inputs() -> None:
+    m, cache = model(), ForwardCache()
+    first = aopc(m, IDS, ATTR, attention_mask=MASK_, steps=STEPS, cache=cache)
+    # distinct inputs: originals A (= B) and C; A: [CLS 1 3 SEP], [CLS 1 SEP], [CLS SEP];
+    # B: [CLS 2 3 SEP], [CLS 2 SEP]; C: [CLS 3 SEP]  -> 8 forwards instead of 11
+    assert m.rows == 8 and len(cache) == 8
+    torch.testing.assert_close(first, torch.tensor(expected_aopc("delete", PREDICTED)), rtol=0, atol=1e-6)
+    again = aopc(m, IDS, ATTR, attention_mask=MASK_, steps=STEPS, cache=cache)
+    assert m.rows == 8 and torch.equal(first, again)
+    # other scores for A, ranking positions 3, 1, 2: [CLS 1 2 SEP] is new (logit 2 + 2 = 4);
+    # [CLS 2 SEP] (= 2*2) and [CLS SEP] are cached
+    other = torch.tensor([[0.0, 2.0, 1.0, 3.0, 0.0, 0.0]])
+    got = aopc(m, IDS[:1], other, attention_mask=MASK_[:1], steps=STEPS, cache=cache)
+    assert m.rows == 9
+    assert got.item() == pytest.approx(sum(sigmoid(3) - sigmoid(l) for l in [3, 4, 4, 0]) / 4, abs=1e-6)
 
 
 def test_inputs_are_not_mutated() -> None:
