@@ -293,7 +293,9 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
     for proto in dict.fromkeys(r.protocol for r in results):
         rows = [r for r in results if r.protocol == proto]
         pc = config["protocols"][proto]
-        lines += [f"## protocol `{proto}` ({rows[0].examples} examples)", "",
+        secs = config.get("seconds_per_protocol", {}).get(proto)
+        lines += [f"## protocol `{proto}` ({rows[0].examples} examples"
+                  + (f", {secs:.0f} s" if secs is not None else "") + ")", "",
                   f"k = {', '.join(f'{k:.3g}' for k in pc['steps'])}; label: {pc['label']}; "
                   f"AOPC {'|p - p_k|' if pc['aopc_absolute'] else 'p - p_k'} with {pc['aopc_perturbation']}; "
                   f"LOdds with {pc['lodds_perturbation']}", "",
@@ -389,28 +391,32 @@ def main(argv: list[str] | None = None) -> int:
     results: list[MethodResult] = []
     t_run = time.perf_counter()
     cache = ForwardCache()
-    for proto in protos:
-        results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
-                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache)
-    seconds = time.perf_counter() - t_run
     eval_json = Path(model_path) / "eval.json"
-    config = {
+    out = Path(a.out) if a.out else Path("results") / Path(task).stem
+    config: dict[str, Any] = {
         "task": task, "split": None if a.data else a.split, "data": a.data,
         "text_column": a.text_column if a.data else None, "label_column": a.label_column if a.data else None,
         "examples": len(examples), "limit": a.limit, "model": model_path,
         "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
         "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
         "batch_size": a.batch_size, "kendall": a.kendall, "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 1), "metric_forwards": cache.misses, "metric_forwards_saved": cache.hits, "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
         "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
     }
-    out = Path(a.out) if a.out else Path("results") / Path(task).stem
-    written = write_results(out, results, config)
+    seconds: dict[str, float] = {}
+    for proto in protos:
+        t_p = time.perf_counter()
+        results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
+                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache)
+        seconds[proto.name] = round(time.perf_counter() - t_p, 1)
+        config.update(seconds_per_protocol=seconds, seconds=round(time.perf_counter() - t_run, 1),
+                      seconds_with_model_loading=round(time.perf_counter() - t0, 1),
+                      metric_forwards=cache.misses, metric_forwards_saved=cache.hits)
+        written = write_results(out, results, config)   # after each protocol: partial runs keep results
     for r in results:
         if r.error:
             print(f"warning: {r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
     print((out / "results.md").read_text())
-    print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s): {seconds:.1f} s; "
+    print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s): {config['seconds']:.1f} s; "
           f"wrote {', '.join(str(w) for w in written)}")
     return 0
 
