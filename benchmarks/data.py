@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "Examples",
     "EncodedBatch",
+    "model_max_length",
     "TASKS",
     "VENDORED_DIR",
     "shared_data_dir",
@@ -81,7 +82,6 @@ class Examples:
     text_pairs: list[str] | None
     labels: list[int]
     label_names: tuple[str, ...] | None = None
-    max_length: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
@@ -130,7 +130,6 @@ class Examples:
             None if self.text_pairs is None else self.text_pairs[:limit],
             self.labels[:limit],
             self.label_names,
-            self.max_length,
         )
 
 

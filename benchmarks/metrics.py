@@ -222,7 +222,7 @@ class ForwardCache:
 
         >>> cache = ForwardCache()
         >>> aopc(fwd, ids, scores_a, attention_mask=mask, cache=cache)  # doctest: +SKIP
-        >>> aopc(fwd, ids, scores_b, attention_mask=mask, cache=cache)  # shared perturbations reused
+        >>> aopc(fwd, ids, scores_b, attention_mask=mask, cache=cache)  # doctest: +SKIP
     """
 
     def __init__(self) -> None:
@@ -318,7 +318,7 @@ def perturbation_curve(
     Example::
 
         >>> curve = perturbation_curve(fwd, ids, scores, attention_mask=mask, steps=[0.5])  # doctest: +SKIP
-        >>> curve.pk.shape
+        >>> curve.pk.shape  # doctest: +SKIP
         torch.Size([2, 1])
     """
     mask = _check_inputs(input_ids, attention_mask, attributions)

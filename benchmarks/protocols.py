@@ -180,7 +180,7 @@ class Protocol:
         Example::
 
             >>> s = ATTCAT.score(fwd, ids, mask, scores, labels)  # doctest: +SKIP
-            >>> s.aopc.shape
+            >>> s.aopc.shape  # doctest: +SKIP
             torch.Size([32])
         """
         kw = dict(attention_mask=attention_mask, steps=self.steps,

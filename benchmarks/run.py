@@ -246,7 +246,7 @@ def align_labels(examples: Examples, config: Any) -> Examples:
         return examples
     new = [model_ids[names[y].lower()] for y in examples.labels]
     ordered = tuple(str(id2label[i]) for i in sorted(int(k) for k in id2label))
-    return Examples(examples.name, examples.texts, examples.text_pairs, new, ordered, examples.max_length)
+    return Examples(examples.name, examples.texts, examples.text_pairs, new, ordered)
 
 
 def _versions() -> dict[str, str]:
