@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     examples.check_labels(int(model.config.num_labels))
 
     results: list[MethodResult] = []
-    t_run = time.perf_counter()
+    t_run, cpu_run = time.perf_counter(), time.process_time()
     cache = ForwardCache()
     eval_json = Path(model_path) / "eval.json"
     out = Path(a.out) if a.out else Path("results") / Path(task).stem
@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                                     batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache)
         seconds[proto.name] = round(time.perf_counter() - t_p, 1)
         config.update(seconds_per_protocol=seconds, seconds=round(time.perf_counter() - t_run, 1),
+                      cpu_seconds=round(time.process_time() - cpu_run, 1),
                       seconds_with_model_loading=round(time.perf_counter() - t0, 1),
                       metric_forwards=cache.misses, metric_forwards_saved=cache.hits)
         written = write_results(out, results, config)   # after each protocol: partial runs keep results
