@@ -165,3 +165,29 @@ def test_explanation_pass_masks_per_protocol(tiny_model_dir: Path) -> None:
             assert (seen[0][1] is not None) == (proto is ATTCAT)
             if proto is ATTCAT:
                 assert seen[0][1].tolist() == [[1] * 11]
+
+
+def test_kendall_column_matches_per_example_computation(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.data import Examples
+    from benchmarks.metrics import kendall_tau
+    from benchmarks.protocols import PAPER
+    from benchmarks.run import evaluate_methods
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [t for t, _ in ROWS[:4]]
+    res = evaluate_methods(model, tok, Examples("t", texts, None, [y for _, y in ROWS[:4]]),
+                           {"Saliency": SaliencyEmbeddings}, PAPER, kendall=True, progress=False)
+    taus = []
+    for text in texts:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            pred = int(model(input_ids=ids, attention_mask=mask).logits.argmax())
+        s = [SaliencyEmbeddings(model).attribute(ids, target=c, additional_forward_args=(mask,))[0, 1:-1]
+             for c in (pred, 1 - pred)]
+        taus.append(kendall_tau(s[0], s[1]))
+    assert res[0].kendall_tau == pytest.approx(sum(taus) / 4, abs=1e-6)
+    assert -1.0 < res[0].kendall_tau < 1.0
