@@ -74,6 +74,18 @@ def test_missing_insights_says_how_to_install(saved_model):
     assert INSTALL_HINT.splitlines()[0] in done.stderr
 
 
+def test_read_tsv_reads_sst2_and_names_bad_lines(tmp_path):
+    from captum_attcat.insights import read_tsv
+
+    texts, labels = read_tsv(textmodels.SHARED / "data" / "sst2" / "dev.tsv", limit=5)
+    assert len(texts) == len(labels) == 5 and set(labels) <= {0, 1}
+    assert texts[0] == "it 's a charming and often affecting journey ." and labels[0] == 1
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood film\t1\nbad film\tnegative\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.tsv:3: the last column must be an integer label"):
+        read_tsv(bad)
+
+
 # --- with Insights (captum 0.8) --------------------------------------------------------------
 
 
