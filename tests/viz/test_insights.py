@@ -116,6 +116,13 @@ def test_methods_join_insights_and_explain_like_the_library(saved_model):
     )[0]
     torch.testing.assert_close(torch.tensor(feature.modified), 100 * expected / expected.abs().max(), rtol=1e-4, atol=1e-3)
 
+    for name in sorted(METHODS):  # every registered method works on the embeddings Insights passes
+        visualizer._update_config({"attribution_method": name, "arguments": {}, "prediction": "all", "classes": []})
+        shown = visualizer.visualize()[0][0].feature_outputs[0]
+        values = torch.tensor(shown.modified)
+        assert len(values) == len(shown.base) and torch.isfinite(values).all(), name
+        assert values.abs().max() == pytest.approx(100.0), name
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
