@@ -36,10 +36,12 @@ from torch import Tensor, nn
 from ._core.registry import METHODS
 
 __all__ = [
+    "EXAMPLE_SENTENCES",
     "INSTALL_HINT",
     "EmbeddingClassifier",
     "insights_available",
     "main",
+    "read_tsv",
     "register_methods",
     "text_visualizer",
 ]
@@ -290,7 +292,19 @@ def _class_names(model: nn.Module) -> list[str]:
 
 
 def read_tsv(path: str | Path, limit: int | None = None) -> tuple[list[str], list[int]]:
-    """Sentences and integer labels from a ``sentence<TAB>label`` file with a header (GLUE SST-2)."""
+    r"""Sentences and integer labels from a ``sentence<TAB>label`` file with a header (GLUE SST-2).
+
+    Args:
+        path: the file; the last column is the label, the others the text.
+        limit: read at most this many sentences.
+
+    Returns:
+        ``(texts, labels)``.
+
+    Example::
+
+        >>> texts, labels = read_tsv("../shared/data/sst2/dev.tsv", limit=40)
+    """
     texts, labels = [], []
     with open(path, encoding="utf-8") as lines:
         header = next(lines, "").rstrip("\n").split("\t")
