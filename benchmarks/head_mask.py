@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args(argv)
 
+    name = Path(args.model).name if args.model else "all-MiniLM-L6-v2"
     if args.model is None:
         from benchmarks.finetune import pretrained_minilm_dir
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).write_text(json.dumps(data, indent=1))
     if args.plot:
-        mask.plot(args.plot, title=f"Important heads of {Path(args.model).name}")
+        mask.plot(args.plot, title=f"Important heads of {name}")
     print(f"{len(sentences)} sentences, head statistics in {seconds:.1f} s")
     print(summary(mask, statistics))
     return 0

@@ -234,3 +234,14 @@ def test_bad_masks_are_rejected():
         HeadMask.from_tensor([[0, 2], [1, 0]])
     with pytest.raises(ValueError, match=r"needs the fields \['mask'\]"):
         HeadMask.from_dict({"positional": [[0]], "syntactic": [[0]]})
+
+
+def test_mask_plot_marks_each_kind(tmp_path):
+    figure = _mask().plot(tmp_path / "mask.png")
+    kinds = figure.axes[0].images[0].get_array()
+    expected = np.zeros((3, 4))
+    expected[0, 1] = 1  # positional
+    expected[1, 2] = 3  # both
+    expected[2, 0] = 2  # syntactic
+    np.testing.assert_array_equal(kinds, expected)
+    assert (tmp_path / "mask.png").stat().st_size > 1000
