@@ -20,6 +20,7 @@ from ._core.lrp_methods import LRPAttribution, PartialLRP, TransAtt, Transformer
 from ._core.base import TransformerAttribution
 from ._core.registry import METHODS, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
+from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
 from .models.adapters import TransformerAdapter
 
 __version__ = "0.1.0"
@@ -33,13 +34,18 @@ __all__ = [
     "CAT",
     "GAE",
     "GradSAM",
+    "HeadMask",
+    "HeadStatistics",
     "LRPAttribution",
     "METHODS",
+    "ParsedSentence",
     "PartialLRP",
     "RawAttention",
     "TransAtt",
     "TransformerAdapter",
     "TransformerAttribution",
     "TransformerLRP",
+    "head_statistics",
+    "read_conllu",
     "register_method",
 ]

@@ -14,6 +14,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -35,11 +37,11 @@ def reference_model() -> BertForSequenceClassification:
 
 def tiny_bert(attn_implementation: str = "sdpa", seed: int = 0, **overrides) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(
+    settings = dict(
         vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=40, num_labels=3,
-        attn_implementation=attn_implementation, **overrides,
     )
+    config = BertConfig(attn_implementation=attn_implementation, **{**settings, **overrides})
     return BertForSequenceClassification(config).eval()
 
 
@@ -61,6 +63,10 @@ def tiny_model(family: str, seed: int = 0):
         config = ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=64, max_position_embeddings=40, **common)
         return ElectraForSequenceClassification(config).eval()
+    if family == "gpt2":  # a decoder: causal attention, the score read at the last real token
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=40, pad_token_id=0,
+                            bos_token_id=0, eos_token_id=0, **common)
+        return GPT2ForSequenceClassification(config).eval()
     raise ValueError(family)
 
 

@@ -51,19 +51,29 @@ def test_default_query_mask_is_the_attention_mask(reference, reference_model):
     assert default[0, [0, 7]].eq(0).all()  # masked keys receive no attention
 
 
-def test_sdpa_and_eager_models_give_identical_scores(reference):
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_scores_follow_the_loaded_attention_implementation(reference, implementation):
+    """The model keeps computing attention as loaded: CAT equals gradient x hidden state
+    computed by the model itself, bit for bit, and eager and sdpa agree to float32 noise."""
     from transformers import BertForSequenceClassification
 
     from conftest import REFERENCE
 
+    model = BertForSequenceClassification.from_pretrained(REFERENCE, attn_implementation=implementation).eval()
     ids = torch.tensor(reference["input_ids"])
-    results = []
-    for implementation in ("eager", "sdpa"):
-        model = BertForSequenceClassification.from_pretrained(REFERENCE, attn_implementation=implementation)
-        results.append([m(model.eval()).attribute(ids, target=1) for m in (AttCAT, CAT)])
-        assert model.config._attn_implementation == implementation
-    for eager, sdpa in zip(*results):
-        assert torch.equal(eager, sdpa)
+    mask = torch.tensor(reference["attention_masks"]["attcat"])
+    out = model(ids, attention_mask=mask, output_hidden_states=True)
+    states = out.hidden_states[:-1]
+    grads = torch.autograd.grad(out.logits[:, 1].sum(), states)
+    own = sum((g * h).sum(-1) for g, h in zip(grads, states))
+    cat = CAT(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    assert torch.equal(cat, own)
+    assert model.config._attn_implementation == implementation
+    expected = torch.tensor(reference["results"][f"stockHF.CAT-reimpl(no attn) [{NOTEBOOK_KEY}]"])
+    torch.testing.assert_close(cat[0], expected, rtol=0, atol=2e-6)
+    attcat = AttCAT(model).attribute(ids, target=1, additional_forward_args=(mask,), query_mask=torch.ones_like(ids))
+    expected = torch.tensor(reference["results"][f"attcat.AttCAT [{NOTEBOOK_KEY}]"])
+    torch.testing.assert_close(attcat[0], expected, rtol=0, atol=2e-6)
 
 
 # --- definitions checked by hand and against transformers' own outputs -------------------
@@ -157,7 +167,7 @@ def test_definition_against_hidden_states_and_attentions():
 # --- invariants -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra", "gpt2"])
 @pytest.mark.parametrize("method", [AttCAT, CAT])
 def test_padded_batch_equals_one_by_one(family, method):
     model = tiny_model(family)
@@ -211,3 +221,21 @@ def test_deterministic_and_bfloat16_finite():
 
 def test_registry_lists_both_methods():
     assert METHODS["AttCAT"] is AttCAT and METHODS["CAT"] is CAT
+
+
+def test_explicit_form_on_a_hugging_face_model_equals_the_automatic_form():
+    model = tiny_bert()
+    ids, mask = padded_batch([7, 5])
+    blocks = list(model.bert.encoder.layer)
+    attention = [block.attention for block in blocks]  # the parent of the self-attention module
+
+    def forward(input_ids, attention_mask):
+        return model(input_ids, attention_mask=attention_mask).logits
+
+    explicit = AttCAT(forward, layers=blocks, attention_modules=attention)
+    automatic = AttCAT(model)
+    torch.testing.assert_close(
+        explicit.attribute(ids, target=1, additional_forward_args=(mask,)),
+        automatic.attribute(ids, target=1, additional_forward_args=(mask,)),
+    )
+    assert model.config._attn_implementation == "sdpa"

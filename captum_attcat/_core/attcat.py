@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 
 from .._utils.validation import check_token_inputs, check_token_mask
@@ -67,6 +68,7 @@ class CAT(TransformerAttribution):
         >>> cat.attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor,
@@ -119,6 +121,7 @@ class AttCAT(TransformerAttribution):
         >>> per_block = attcat.attribute(input_ids, target=1, return_layer_scores=True)
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor,

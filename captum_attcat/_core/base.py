@@ -27,7 +27,7 @@ from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
-from .._utils.attention import AttentionRecorder, attention_configs, use_attention_handler
+from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
 from .._utils.validation import attention_mask_of, check_target, check_token_inputs
@@ -132,16 +132,15 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         """
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
-        roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
         attention = attention or attention_grads
         recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads)
-        hooked = [m for m in adapter.attention_modules if not attention_configs([m])]
         handles: list = []
         states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
         try:
-            with explanation_mode(roots), torch.set_grad_enabled(backward), use_attention_handler(recorder):
+            with explanation_mode(adapter.roots, adapter.attention_configs), torch.set_grad_enabled(backward), \
+                    use_attention_handler(recorder):
                 if attention:
-                    handles = recorder.hook_outputs(hooked)
+                    handles = recorder.hook_outputs(adapter.hooked_attention)
                 with states:
                     output = adapter.forward(inputs, *args)
                 if not backward:
@@ -151,7 +150,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                         inputs=inputs,
                         attention_mask=attention_mask,
                         scores=output.new_empty(0),
-                        attentions=_captured(recorder.probabilities) if attention else [],
+                        attentions=recorder.captured() if attention else [],
                     )
                 check_target(target, output)
                 scores = _select_targets(output, target)
@@ -162,7 +161,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                     )
                 wrt = states.captured()
                 if attention_grads:
-                    wrt += _captured(recorder.probabilities)
+                    wrt += recorder.captured()
                 grads = list(torch.autograd.grad(scores.sum(), wrt)) if wrt else []
         finally:
             for handle in handles:
@@ -175,17 +174,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
             scores=scores.detach(),
             states=[s.detach() for s in states.tensors],  # type: ignore[union-attr]
             state_grads=grads[:n_states],
-            attentions=[a.detach() for a in _captured(recorder.probabilities)] if attention else [],
+            attentions=[a.detach() for a in recorder.captured()] if attention else [],
             attention_grads=grads[n_states:],
         )
-
-
-def _captured(probabilities: list[Tensor | None]) -> list[Tensor]:
-    missing = [i for i, p in enumerate(probabilities) if p is None]
-    if missing:
-        raise RuntimeError(
-            f"no attention probabilities were seen for blocks {missing}: the attention modules "
-            "did not run, or do not compute attention through transformers' AttentionInterface"
-        )
-    return list(probabilities)  # type: ignore[arg-type]
 

@@ -29,13 +29,13 @@ from captum._utils.typing import TargetType
 from torch import Tensor
 from torch.nn import Module
 
-from .._utils.attention import AttentionRecorder, attention_configs, use_attention_handler
+from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
 from .._utils.validation import check_target
 from ..lrp.engine import Propagation, lrp_forward
 from ..lrp.rules import LRPRules
-from .base import TransformerAttribution, _captured
+from .base import TransformerAttribution
 from .maps import cls_row, positive_head_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
@@ -104,19 +104,18 @@ class LRPAttribution(TransformerAttribution):
         the attention maps of ``blocks`` and (if asked) at the encoder input."""
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
-        roots = [adapter.root] if adapter.root is not None else adapter.blocks + adapter.attention_modules
         recorder = AttentionRecorder(adapter.attention_modules, keep_graph=True)
-        hooked = [m for m in adapter.attention_modules if not attention_configs([m])]
         states = BlockStates(adapter.blocks[:1], inputs=True)
         propagation = Propagation(self.rules, gradients=attention_grads)
         handles: list = []
         blocks = list(blocks)
         try:
-            with explanation_mode(roots), torch.enable_grad(), use_attention_handler(recorder):
-                for root in roots:  # only tensors computed from the input carry relevance
+            with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
+                    use_attention_handler(recorder):
+                for root in adapter.roots:  # only tensors computed from the input carry relevance
                     for parameter in root.parameters():
                         parameter.requires_grad_(False)
-                handles = recorder.hook_outputs(hooked)
+                handles = recorder.hook_outputs(adapter.hooked_attention)
                 with states, lrp_forward(propagation):
                     output = adapter.forward(inputs, *args)
                 check_target(target, output)
@@ -126,7 +125,7 @@ class LRPAttribution(TransformerAttribution):
                         f"the explained scores have shape {tuple(scores.shape)}; expected one score "
                         "per example: pass a `target` that selects a single output"
                     )
-                attentions = [_captured(recorder.probabilities)[b] for b in blocks]
+                attentions = [recorder.captured()[b] for b in blocks]
                 grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
                 wrt = attentions + (states.captured() if input_relevance else [])
                 relevance = propagation.relevance(scores, wrt) if wrt else []

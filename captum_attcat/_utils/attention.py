@@ -1,12 +1,15 @@
-"""One architecture-independent place to see (and later rewrite) attention.
+"""One architecture-independent place to see (and rewrite) attention.
 
 Hugging Face models dispatch attention through ``transformers.AttentionInterface``.
 This module registers an implementation named :data:`ATTN_IMPLEMENTATION` that
-computes ordinary eager attention, but hands the probabilities to whichever
-:class:`AttentionHandler` is active, so explanation methods can record them,
-keep their gradients or replace the computation (LRP rules) for every model
-family that uses the interface. The matching mask format (the eager additive
-float mask) is registered too, so padding is masked exactly as in eager mode.
+hands every attention call to whichever :class:`AttentionHandler` is active, so
+explanation methods can record the probabilities, keep their gradients or
+replace the computation (LRP rules) for every model family that uses the
+interface. While a model is switched to it, the attention output is computed by
+the implementation the model was loaded with (``sdpa`` or ``eager``; others fall
+back to eager) and the mask keeps that implementation's format, so a method that
+only *reads* probabilities leaves the model's numbers and speed as they were;
+the probabilities are computed on the side from the same queries, keys and mask.
 
 Example::
 
@@ -20,15 +23,36 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 ATTN_IMPLEMENTATION = "captum_attcat"
+
+# id(config) -> the implementation it was loaded with, while switched to ATTN_IMPLEMENTATION
+_LOADED: ContextVar[dict[int, Any]] = ContextVar("captum_attcat_loaded_implementation", default={})
+
+
+def loaded_implementation(module: Module | None = None, config: Any = None) -> str:
+    """``"sdpa"`` or ``"eager"``: how the model of ``module`` (or ``config``) computes
+    attention outside explanation calls (anything else counts as ``"eager"``)."""
+    if config is None:
+        config = getattr(module, "config", None)
+    name = _LOADED.get().get(id(config))
+    return "sdpa" if name == "sdpa" else "eager"
+
+
+def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A boolean mask (True = attend) as the eager additive float mask; others unchanged."""
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        return attention_mask
+    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+    return torch.where(attention_mask, zero, torch.finfo(dtype).min)
 
 
 def eager_attention(
@@ -44,21 +68,14 @@ def eager_attention(
     """Eager scaled dot-product attention, ``softmax(Q K^T * scaling + mask) V``.
 
     ``query`` is ``(batch, heads, queries, head_dim)``; ``key``/``value`` may have
-    fewer heads (grouped-query attention), they are repeated to match.
+    fewer heads (grouped-query attention), they are repeated to match. The mask
+    is additive (eager format) or boolean (sdpa format, True = attend).
     ``probabilities_hook(module, probs) -> probs`` sees the probabilities
     before they multiply the values. Returns the output as
     ``(batch, queries, heads, head_dim)`` and the probabilities.
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    key, value = _repeat_kv(query, key), _repeat_kv(query, value)
+    probs = attention_probabilities(query, key, attention_mask, scaling)
     probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
     if probabilities_hook is not None:
         probs = probabilities_hook(module, probs)
@@ -66,13 +83,42 @@ def eager_attention(
     return output, probs
 
 
-class AttentionHandler:
-    """Computes attention for the modules it watches; the base class is eager attention.
+def _repeat_kv(query: Tensor, states: Tensor) -> Tensor:
+    groups = query.shape[1] // states.shape[1]
+    return states.repeat_interleave(groups, dim=1) if groups > 1 else states
 
-    Subclasses override :meth:`attention` (or just :meth:`on_probabilities`).
-    ``attention_modules`` are the modules of each block, in block order; a call
-    made by one of them, or by any of its submodules, is attributed to that block.
+
+def attention_probabilities(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None = None
+) -> Tensor:
+    """``softmax(Q K^T * scaling + mask)`` over keys, ``(batch, heads, queries, keys)``."""
+    key = _repeat_kv(query, key)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    attention_mask = additive_mask(attention_mask, scores.dtype)
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+class AttentionHandler:
+    """Computes attention for the modules it watches.
+
+    Subclasses override :meth:`attention` (to rewrite the computation, e.g. with
+    LRP rules: it receives the mask in the loaded implementation's format, which
+    :func:`eager_attention` accepts) or just :meth:`on_probabilities` (to read
+    the probabilities). ``attention_modules`` are the modules of each block, in
+    block order; a call made by one of them, or by any of its submodules, is
+    attributed to that block.
+
+    By default the output comes from the implementation the model was loaded
+    with; when :attr:`probabilities_need_graph` is true it comes from
+    :func:`eager_attention`, so the probabilities are part of the graph.
     """
+
+    #: whether the probabilities handed to :meth:`on_probabilities` must carry gradients
+    probabilities_need_graph: bool = False
 
     def __init__(self, attention_modules: Sequence[Module]) -> None:
         self.block_of: dict[Module, int] = {}
@@ -89,10 +135,15 @@ class AttentionHandler:
         attention_mask: Tensor | None,
         scaling: float | None,
         dropout: float,
-    ) -> tuple[Tensor, Tensor]:
-        return eager_attention(
-            module, query, key, value, attention_mask, scaling, dropout, self._hook
-        )
+    ) -> tuple[Tensor, Tensor | None]:
+        if self.probabilities_need_graph or loaded_implementation(module) != "sdpa":
+            return eager_attention(module, query, key, value, attention_mask, scaling, dropout, self._hook)
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+        if module not in self.block_of:
+            return output, None
+        with torch.no_grad():
+            probs = attention_probabilities(query, key, attention_mask, scaling)
+        return output, self._hook(module, probs)
 
     def _hook(self, module: Module, probs: Tensor) -> Tensor:
         block = self.block_of.get(module)
@@ -114,12 +165,22 @@ class AttentionRecorder(AttentionHandler):
 
     def __init__(self, attention_modules: Sequence[Module], keep_graph: bool = False) -> None:
         super().__init__(attention_modules)
-        self.keep_graph = keep_graph
+        self.probabilities_need_graph = keep_graph
         self.probabilities: list[Tensor | None] = [None] * len(attention_modules)
 
     def on_probabilities(self, block: int, probs: Tensor) -> Tensor:
-        self.probabilities[block] = probs if self.keep_graph else probs.detach()
+        self.probabilities[block] = probs if self.probabilities_need_graph else probs.detach()
         return probs
+
+    def captured(self) -> list[Tensor]:
+        """The recorded probabilities of every block; raises if a block was not seen."""
+        missing = [i for i, p in enumerate(self.probabilities) if p is None]
+        if missing:
+            raise RuntimeError(
+                f"no attention probabilities were seen for blocks {missing}: the attention modules "
+                "did not run, or do not compute attention through transformers' AttentionInterface"
+            )
+        return list(self.probabilities)  # type: ignore[arg-type]
 
     def hook_outputs(self, attention_modules: Sequence[Module]) -> list:
         """Forward hooks for modules outside the interface: their output *is* the
@@ -158,14 +219,23 @@ def _dispatch_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
-    handler = _ACTIVE_HANDLER.get()
-    if handler is None:
-        return eager_attention(module, query, key, value, attention_mask, scaling, dropout)
+    handler = _ACTIVE_HANDLER.get() or _PASS_THROUGH
+    if attention_mask is None and getattr(module, "is_causal", True) and query.shape[2] > 1:
+        # sdpa leaves a causal mask implicit; make it explicit so every handler sees it
+        queries, keys = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
     return handler.attention(module, query, key, value, attention_mask, scaling, dropout)
 
 
+def _dispatch_mask(*args: Any, config: Any = None, **kwargs: Any) -> Any:
+    """The mask in the format of the implementation the model was loaded with."""
+    make_mask = sdpa_mask if loaded_implementation(config=config) == "sdpa" else eager_mask
+    return make_mask(*args, config=config, **kwargs)
+
+
+_PASS_THROUGH = AttentionHandler([])
 AttentionInterface.register(ATTN_IMPLEMENTATION, _dispatch_attention)
-AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _dispatch_mask)
 
 
 @contextlib.contextmanager
@@ -194,6 +264,7 @@ def attention_implementation(configs: Iterable, name: str = ATTN_IMPLEMENTATION)
     """Switch ``configs`` to attention implementation ``name``, then back exactly."""
     configs = list(configs)
     saved = [config._attn_implementation_internal for config in configs]
+    token = _LOADED.set({**_LOADED.get(), **{id(c): v for c, v in zip(configs, saved)}})
     try:
         for config in configs:
             config._attn_implementation_internal = name
@@ -201,3 +272,4 @@ def attention_implementation(configs: Iterable, name: str = ATTN_IMPLEMENTATION)
     finally:
         for config, value in zip(configs, saved):
             config._attn_implementation_internal = value
+        _LOADED.reset(token)

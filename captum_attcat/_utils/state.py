@@ -2,39 +2,40 @@
 
 Example::
 
-    >>> with explanation_mode([model]):
-    ...     ...  # model is in eval mode and uses the recording attention here
+    >>> with explanation_mode([model], attention_configs([model])):
+    ...     ...  # model is in eval mode and uses the library's attention here
     >>> model.training, model.config._attn_implementation   # as before
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from torch.nn import Module
 
-from .attention import attention_configs, attention_implementation
+from .attention import attention_implementation
 
 
 @contextlib.contextmanager
-def explanation_mode(modules: Sequence[Module]) -> Iterator[None]:
-    """Eval mode and the library's attention implementation for ``modules``.
+def explanation_mode(modules: Sequence[Module], configs: Sequence[Any]) -> Iterator[None]:
+    """Eval mode for ``modules`` and the library's attention implementation for ``configs``.
 
     On exit (normal or not) every submodule's train/eval flag, every
-    parameter's ``requires_grad`` flag and every Hugging Face config's
-    attention implementation are put back as they were.
+    parameter's ``requires_grad`` flag and every config's attention
+    implementation are put back as they were.
     """
-    every = {id(m): m for root in modules for m in root.modules()}
-    modes = [(m, m.training) for m in every.values()]
-    flags = [(p, p.requires_grad) for m in every.values() for p in m.parameters(recurse=False)]
+    every = list({id(m): m for root in modules for m in root.modules()}.values())
+    training = [m for m in every if m.training]
+    flags = [(p, p.requires_grad) for m in every for p in m.parameters(recurse=False)]
     try:
-        with attention_implementation(attention_configs(modules)):
-            for root in modules:
-                root.eval()
+        with attention_implementation(configs):
+            for module in training:
+                module.training = False
             yield
     finally:
-        for module, training in modes:
-            module.training = training
+        for module in training:
+            module.training = True
         for parameter, requires_grad in flags:
-            parameter.requires_grad_(requires_grad)
+            if parameter.requires_grad != requires_grad:
+                parameter.requires_grad_(requires_grad)

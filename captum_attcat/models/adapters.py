@@ -21,11 +21,14 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from torch import Tensor
 from torch.nn import Module
+
+from .._utils.attention import attention_configs
 
 # model types whose position ids start after the padding index (RoBERTa style)
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
@@ -67,16 +70,30 @@ def _modules_matching(model: Module, spec: Any) -> list[Module]:
     ]
 
 
-def hf_forward(model: Module) -> Callable[..., Tensor]:
-    """``forward(inputs, *args) -> logits`` for a Hugging Face model; floating
-    ``inputs`` are passed as ``inputs_embeds``, token ids as ``input_ids``."""
+def hf_call(model: Module) -> Callable[..., Any]:
+    """``call(inputs, *args) -> model output`` for a Hugging Face model.
 
-    def forward(inputs: Tensor, *args: Any) -> Tensor:
+    Floating ``inputs`` are passed as ``inputs_embeds``, token ids as
+    ``input_ids``. The additional arguments are, in order, the attention mask and
+    the parameters that follow ``attention_mask`` in the model's ``forward``
+    (``token_type_ids``, ``position_ids``, ... for BERT), passed by name, so the
+    convention holds for models whose second parameter is not the mask (GPT-2).
+    """
+    parameters = list(inspect.signature(model.forward).parameters)
+    names = parameters[parameters.index("attention_mask"):] if "attention_mask" in parameters else []
+
+    def call(inputs: Tensor, *args: Any) -> Any:
+        if len(args) > len(names):
+            raise TypeError(
+                f"{type(model).__name__} takes at most {len(names)} additional forward arguments "
+                f"({', '.join(names)}); got {len(args)}"
+            )
+        kwargs = dict(zip(names, args))
         if inputs.is_floating_point():
-            return logits_of(model(None, *args, inputs_embeds=inputs))
-        return logits_of(model(inputs, *args))
+            return model(inputs_embeds=inputs, **kwargs)
+        return model(input_ids=inputs, **kwargs)
 
-    return forward
+    return call
 
 
 @dataclass
@@ -84,8 +101,8 @@ class TransformerAdapter:
     """A model as explanation methods see it.
 
     Attributes:
-        forward: ``forward(inputs, *additional_forward_args) -> scores``; token ids
-            or (floating) input embeddings as ``inputs``.
+        call: ``call(inputs, *additional_forward_args) -> output`` runs the model;
+            token ids or (floating) input embeddings as ``inputs``.
         blocks: the transformer blocks, first to last.
         attention_modules: the attention module of each block (same order); may be
             empty in the explicit form for methods that need no attention.
@@ -95,7 +112,7 @@ class TransformerAdapter:
             length and number of classes are checked against it).
     """
 
-    forward: Callable[..., Tensor]
+    call: Callable[..., Any]
     blocks: list[Module]
     attention_modules: list[Module]
     root: Module | None = None
@@ -125,7 +142,7 @@ class TransformerAdapter:
                 "explicitly: Method(model, layers=[...], attention_modules=[...])"
             )
 
-        return cls(hf_forward(model), blocks, attention, root=model, config=model.config)
+        return cls(hf_call(model), blocks, attention, root=model, config=model.config)
 
     @classmethod
     def explicit(
@@ -152,14 +169,18 @@ class TransformerAdapter:
                     raise TypeError(f"`{name}` must hold torch.nn.Module objects, got {type(module).__name__}")
         root = forward_func if isinstance(forward_func, Module) else getattr(forward_func, "__self__", None)
         root = root if isinstance(root, Module) else None
-        if _is_hf_model(forward_func):
-            forward = hf_forward(forward_func)
-        else:
+        call = hf_call(forward_func) if _is_hf_model(forward_func) else forward_func
+        return cls(call, layers, attention_modules, root=root, config=getattr(root, "config", None))
 
-            def forward(inputs: Tensor, *args: Any) -> Tensor:
-                return logits_of(forward_func(inputs, *args))
-
-        return cls(forward, layers, attention_modules, root=root, config=getattr(root, "config", None))
+    def __post_init__(self) -> None:
+        #: ``forward(inputs, *args) -> scores``: the score tensor of :attr:`call`'s output
+        self.forward: Callable[..., Tensor] = lambda inputs, *args: logits_of(self.call(inputs, *args))
+        #: modules switched to eval mode during a call: the model, or the given modules
+        self.roots: list[Module] = [self.root] if self.root is not None else self.blocks + self.attention_modules
+        #: the Hugging Face configs switched to the library's attention implementation
+        self.attention_configs = attention_configs(self.roots)
+        #: attention modules outside transformers' AttentionInterface (read through forward hooks)
+        self.hooked_attention = [m for m in self.attention_modules if not attention_configs([m])]
 
     @property
     def vocab_size(self) -> int | None:

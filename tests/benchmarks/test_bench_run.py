@@ -1,0 +1,193 @@
+"""The runner end to end on a file it has never seen, with a tiny real BERT and real Captum."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from bench_toy import tiny_model_dir  # noqa: F401  (fixture)
+
+from benchmarks.baselines import BASELINES, IntegratedGradientsEmbeddings, SaliencyEmbeddings
+from benchmarks.metrics import aopc, log_odds
+from benchmarks.run import available_methods, main, select_methods
+
+ROWS = [("good fun movie , very good , really good", 1), ("awful boring plot", 0), ("the acting was not good !", 0),
+        ("a great film", 1), ("dull", 0), ("it is really fine , this film .", 1), ("bad bad bad", 0)]
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("id\ttext\ty\n" + "".join(f"{i}\t{t}\t{y}\n" for i, (t, y) in enumerate(rows)))
+    return path
+
+
+def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    data = write_tsv(tmp_path / "never_seen.tsv", ROWS)
+    out = tmp_path / "out"
+    rc = main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "6",
+               "--model", str(tiny_model_dir), "--methods", "Saliency,InputXGradient,IntegratedGradients,Random",
+               "--protocol", "all", "--batch-size", "4", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = {(r["protocol"], r["method"]): r for r in res["results"]}
+    assert len(rows) == 12 and all(r["error"] is None for r in rows.values())
+    assert res["config"]["examples"] == 6 and res["config"]["protocols"]["attcat"]["aopc_absolute"] is True
+    assert res["versions"]["torch"] == torch.__version__
+    # masklrp keeps only inputs of >= 20 tokens: none here; attcat >= 10 tokens: 0 and 5 of the six
+    assert rows[("paper", "Saliency")]["examples"] == 6
+    assert rows[("attcat", "Saliency")]["examples"] == 2
+    assert rows[("masklrp", "Saliency")]["examples"] == 0
+    with open(out / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 12
+    assert "| Saliency |" in (out / "results.md").read_text()
+    assert (out / "curves_paper.png").stat().st_size > 1000
+
+    # the paper-protocol numbers equal an independent one-example-at-a-time computation
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fwd = lambda i, m: model(input_ids=i, attention_mask=m).logits  # noqa: E731
+    specials = [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]
+    a_vals, l_vals = [], []
+    for text, _ in ROWS[:6]:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            pred = int(fwd(ids, mask).argmax())
+        scores = SaliencyEmbeddings(model).attribute(ids, target=pred, additional_forward_args=(mask,))
+        kw = dict(attention_mask=mask, special_token_ids=specials, pad_token_id=tok.pad_token_id,
+                  mask_token_id=tok.mask_token_id)
+        a_vals.append(aopc(fwd, ids, scores, pred, perturbation="delete", **kw).item())
+        l_vals.append(log_odds(fwd, ids, scores, pred, perturbation="pad", **kw).item())
+    assert rows[("paper", "Saliency")]["aopc"] == pytest.approx(sum(a_vals) / 6, abs=1e-5)
+    assert rows[("paper", "Saliency")]["lodds"] == pytest.approx(sum(l_vals) / 6, abs=1e-5)
+    curves = res["curves"]["paper/Saliency"]
+    assert curves["aopc"][0] == 0.0 and len(curves["aopc"]) == 11
+
+
+def test_runner_rejects_labels_outside_the_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_tsv(tmp_path / "bad.tsv", [("good", 1), ("bad", 2)])
+    with pytest.raises(ValueError, match="label 2 .* outside the model's 2 classes"):
+        main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--model",
+              str(tiny_model_dir), "--methods", "Random", "--out", str(tmp_path / "o"), "--no-progress"])
+    with pytest.raises(KeyError, match="the columns are \\['id', 'text', 'y'\\]"):
+        main(["--data", str(data), "--model", str(tiny_model_dir), "--methods", "Random",
+              "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_method_selection() -> None:
+    avail = available_methods()
+    for name in BASELINES:
+        assert name in avail
+    assert list(select_methods("random, SALIENCY", avail)) == ["Random", "Saliency"]
+    with pytest.raises(ValueError, match="unknown method 'Gradcam'"):
+        select_methods("Gradcam", avail)
+
+
+def test_integrated_gradients_completeness(tiny_model_dir: Path) -> None:
+    """IG scores sum to logit(x) - logit(baseline) (up to the 50-step Riemann error)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0], [2, 8, 9, 3, 0, 0]])
+    mask = (ids != 0).long()
+    scores = IntegratedGradientsEmbeddings(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    base = torch.tensor([[2, 0, 0, 0, 3, 0], [2, 0, 0, 3, 0, 0]])   # [CLS] and [SEP] kept
+    with torch.no_grad():
+        diff = model(input_ids=ids, attention_mask=mask).logits[:, 1] - \
+            model(input_ids=base, attention_mask=mask).logits[:, 1]
+    torch.testing.assert_close(scores.sum(1), diff, atol=2e-3, rtol=2e-2)
+    assert (scores[mask == 0] == 0).all()
+
+
+def test_align_labels_follows_the_model_names() -> None:
+    from transformers import BertConfig
+
+    from benchmarks.data import Examples
+    from benchmarks.run import align_labels
+
+    ex = Examples("mnli", ["p1", "p2", "p3"], ["h1", "h2", "h3"], [0, 1, 2],
+                  ("entailment", "neutral", "contradiction"))
+    cfg = BertConfig(id2label={0: "CONTRADICTION", 1: "ENTAILMENT", 2: "NEUTRAL"})
+    assert align_labels(ex, cfg).labels == [1, 2, 0]
+    # generic LABEL_0.. names: nothing to align, numbers kept
+    assert align_labels(ex, BertConfig(num_labels=3)).labels == [0, 1, 2]
+
+
+def test_every_registered_method_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from captum_attcat import METHODS
+
+    data = write_tsv(tmp_path / "d.tsv", ROWS)
+    out = tmp_path / "all"
+    main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "4",
+          "--model", str(tiny_model_dir), "--methods", "all", "--protocol", "attcat", "--out", str(out),
+          "--no-progress"])
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert set(METHODS) | set(BASELINES) == set(rows)
+    for name, r in rows.items():
+        assert r["error"] is None, (name, r["error"])
+        assert r["examples"] == 1 and -1.0 <= r["aopc"] <= 1.0
+
+
+def test_explanation_pass_masks_per_protocol(tiny_model_dir: Path) -> None:
+    """attcat hides [CLS]/[SEP] from the explained model but keeps every real query row."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.data import Examples
+    from benchmarks.protocols import ATTCAT, MASKLRP, PAPER
+    from benchmarks.run import evaluate_methods
+
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    class Spy:
+        def __init__(self, model: object) -> None:
+            pass
+
+        def attribute(self, input_ids: torch.Tensor, target: object = None, additional_forward_args: tuple = (),
+                      query_mask: torch.Tensor | None = None) -> torch.Tensor:
+            seen.append((additional_forward_args[0].clone(), query_mask))
+            return torch.arange(input_ids.shape[1], dtype=torch.float32).expand(input_ids.shape).clone()
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "good fun movie , very good , really good"          # 9 words -> 11 tokens
+    ex = Examples("t", [text], None, [1])
+    for proto, want in [(PAPER, [1] * 11), (ATTCAT, [0] + [1] * 9 + [0]), (MASKLRP, [1] * 10 + [0])]:
+        seen.clear()
+        keep = proto is not MASKLRP                             # masklrp needs >= 20 tokens
+        res = evaluate_methods(model, tok, ex, {"Spy": Spy}, proto, progress=False)
+        assert res[0].examples == int(keep)
+        if keep:
+            assert seen[0][0].tolist() == [want]
+            assert (seen[0][1] is not None) == (proto is ATTCAT)
+            if proto is ATTCAT:
+                assert seen[0][1].tolist() == [[1] * 11]
+
+
+def test_kendall_column_matches_per_example_computation(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.data import Examples
+    from benchmarks.metrics import kendall_tau
+    from benchmarks.protocols import PAPER
+    from benchmarks.run import evaluate_methods
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [t for t, _ in ROWS[:4]]
+    res = evaluate_methods(model, tok, Examples("t", texts, None, [y for _, y in ROWS[:4]]),
+                           {"Saliency": SaliencyEmbeddings}, PAPER, kendall=True, progress=False)
+    taus = []
+    for text in texts:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            pred = int(model(input_ids=ids, attention_mask=mask).logits.argmax())
+        s = [SaliencyEmbeddings(model).attribute(ids, target=c, additional_forward_args=(mask,))[0, 1:-1]
+             for c in (pred, 1 - pred)]
+        taus.append(kendall_tau(s[0], s[1]))
+    assert res[0].kendall_tau == pytest.approx(sum(taus) / 4, abs=1e-6)
+    assert -1.0 < res[0].kendall_tau < 1.0

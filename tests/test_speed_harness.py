@@ -1,0 +1,32 @@
+"""The speed harness measures what it claims: the floor's gradient and the budget check."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.speed import failures, gradient_floor, table
+
+from conftest import padded_batch, tiny_bert
+
+
+def test_floor_is_the_gradient_with_respect_to_the_embedding_output():
+    model = tiny_bert()
+    ids, mask = padded_batch([6, 4])
+    target = torch.tensor([2, 1])
+    out = model(ids, attention_mask=mask, output_hidden_states=True)
+    expected = torch.autograd.grad(out.logits.gather(1, target[:, None]).sum(), out.hidden_states[0])[0]
+    torch.testing.assert_close(gradient_floor(model, ids, mask, target), expected)
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_budgets_are_checked():
+    result = {
+        "batch_size": 32,
+        "seconds": {"floor": 1.0, "AttCAT": 1.2, "CAT": 1.4, "LayerIntegratedGradients": 20.0},
+        "ratio_to_floor": {"floor": 1.0, "AttCAT": 1.2, "CAT": 1.4, "LayerIntegratedGradients": 20.0},
+        "attcat_speedup_over_ig": 20.0 / 1.2,
+        "budgets": {"AttCAT": 1.3, "CAT": 1.3},
+    }
+    assert failures([result]) == ["CAT at batch 32: 1.40x > 1.3x", "AttCAT vs IG at batch 32: 16.7x < 25x"]
+    text = table([result])
+    assert "| CAT | <= 1.3x | 1.4000 / 1.40x |" in text and "batch 32: 16.7x" in text
