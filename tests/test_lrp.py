@@ -306,3 +306,13 @@ def test_alpha_beta_cache_follows_the_weights():
     assert len(rule._spreads) == 1
     del weight
     assert not rule._spreads
+
+
+def test_gpt2_names_the_operation_without_a_rule():
+    """GPT-2's Conv1D (``torch.addmm``) and tanh-GELU (a product of two activations) have no
+    rule yet: the LRP methods say so instead of returning wrong relevance."""
+    model = tiny_model("gpt2")
+    ids, mask = padded_batch([6, 4], pad=0)
+    for method in LRP_METHODS:
+        with pytest.raises(NotImplementedError, match=r"no rule for `torch.addmm`"):
+            method(model).attribute(ids, target=1, additional_forward_args=(mask,))

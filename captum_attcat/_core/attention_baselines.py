@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 
 from .base import GradientPass, TransformerAttribution
@@ -70,6 +71,7 @@ class RawAttention(_AttentionOnly):
         >>> RawAttention(model).attribute(input_ids, additional_forward_args=(attention_mask,))
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
         return cls_row(head_mean(run.attentions[-1]), _mask(run))
@@ -87,6 +89,7 @@ class AttentionRollout(_AttentionOnly):
         >>> AttentionRollout(model).attribute(input_ids, additional_forward_args=(attention_mask,))
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
         return cls_row(rollout([head_mean(a) for a in run.attentions]), _mask(run))
@@ -105,6 +108,7 @@ class AttentionGradient(_AttentionGradients):
         >>> AttentionGradient(model).attribute(input_ids, target=1)
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
         mask = _mask(run)
@@ -124,6 +128,7 @@ class AttentionGradCAM(_AttentionGradients):
         >>> AttentionGradCAM(model).attribute(input_ids, target=1)
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
         mask = _mask(run)
@@ -151,6 +156,7 @@ class GradSAM(_AttentionGradients):
         >>> GradSAM(model).attribute(input_ids, target=1)
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
         mask = _mask(run)
@@ -171,6 +177,7 @@ class GAE(_AttentionGradients):
         >>> GAE(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
         relevance = None

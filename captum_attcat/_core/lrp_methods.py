@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from captum._utils.common import _select_targets
 from captum._utils.typing import TargetType
+from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
@@ -174,6 +175,7 @@ class TransformerLRP(LRPAttribution):
 
     needs_attention = False
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._relevance_pass(inputs, target, additional_forward_args, input_relevance=True)
         return wide(run.input_relevance).sum(-1) * run.token_mask  # type: ignore[arg-type]
@@ -191,6 +193,7 @@ class PartialLRP(LRPAttribution):
         >>> PartialLRP(model).attribute(input_ids, target=1, additional_forward_args=(attention_mask,))
     """
 
+    @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         last = len(self.adapter.blocks) - 1
         run = self._relevance_pass(inputs, target, additional_forward_args, blocks=[last])
@@ -211,6 +214,7 @@ class TransAtt(LRPAttribution):
         >>> TransAtt(model).attribute(input_ids, target=1, start_layer=0)
     """
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor,
