@@ -57,6 +57,18 @@ class GradientPass:
     attention_grads: list[Tensor] = field(default_factory=list)
 
 
+def explained_scores(output: Tensor, target: TargetType) -> Tensor:
+    """The ``(batch,)`` scores that ``target`` selects from ``output`` (checked first)."""
+    check_target(target, output)
+    scores = _select_targets(output, target)
+    if scores.dim() != 1:
+        raise ValueError(
+            f"the explained scores have shape {tuple(scores.shape)}; expected one score "
+            "per example: pass a `target` that selects a single output"
+        )
+    return scores
+
+
 class TransformerAttribution(LayerAttribution, GradientAttribution):
     r"""Base class of the transformer explanation methods.
 
@@ -152,13 +164,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                         scores=output.new_empty(0),
                         attentions=recorder.captured() if attention else [],
                     )
-                check_target(target, output)
-                scores = _select_targets(output, target)
-                if scores.dim() != 1:
-                    raise ValueError(
-                        f"the explained scores have shape {tuple(scores.shape)}; expected one score "
-                        "per example: pass a `target` that selects a single output"
-                    )
+                scores = explained_scores(output, target)
                 wrt = states.captured()
                 if attention_grads:
                     wrt += recorder.captured()

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from captum._utils.common import _select_targets
 from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor
@@ -33,10 +32,9 @@ from torch.nn import Module
 from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from .._utils.validation import check_target
 from ..lrp.engine import Propagation, lrp_forward
 from ..lrp.rules import LRPRules
-from .base import TransformerAttribution
+from .base import TransformerAttribution, explained_scores
 from .maps import cls_row, positive_head_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
@@ -119,13 +117,7 @@ class LRPAttribution(TransformerAttribution):
                 handles = recorder.hook_outputs(adapter.hooked_attention)
                 with states, lrp_forward(propagation):
                     output = adapter.forward(inputs, *args)
-                check_target(target, output)
-                scores = _select_targets(output, target)
-                if scores.dim() != 1:
-                    raise ValueError(
-                        f"the explained scores have shape {tuple(scores.shape)}; expected one score "
-                        "per example: pass a `target` that selects a single output"
-                    )
+                scores = explained_scores(output, target)
                 attentions = [recorder.captured()[b] for b in blocks]
                 grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
                 wrt = attentions + (states.captured() if input_relevance else [])
