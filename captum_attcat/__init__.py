@@ -17,6 +17,7 @@ from ._core.attention_baselines import (
     RawAttention,
 )
 from ._core.lrp_methods import LRPAttribution, PartialLRP, TransAtt, TransformerLRP
+from ._core.mask_lrp import MaskLRP
 from ._core.base import TransformerAttribution
 from ._core.registry import METHODS, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
@@ -38,6 +39,7 @@ __all__ = [
     "HeadStatistics",
     "LRPAttribution",
     "METHODS",
+    "MaskLRP",
     "ParsedSentence",
     "PartialLRP",
     "RawAttention",

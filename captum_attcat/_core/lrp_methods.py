@@ -90,6 +90,10 @@ class LRPAttribution(TransformerAttribution):
             raise TypeError(f"`rules` must be an LRPRules object, got {type(rules).__name__}")
         self.rules = rules if rules is not None else LRPRules()
 
+    def _attention_recorder(self, propagation: Propagation) -> AttentionRecorder:
+        """Records the attention probabilities (in the graph) during the LRP forward."""
+        return AttentionRecorder(self.adapter.attention_modules, keep_graph=True)
+
     def _relevance_pass(
         self,
         inputs: Any,
@@ -103,9 +107,9 @@ class LRPAttribution(TransformerAttribution):
         the attention maps of ``blocks`` and (if asked) at the encoder input."""
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
-        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=True)
         states = BlockStates(adapter.blocks[:1], inputs=True)
         propagation = Propagation(self.rules, gradients=attention_grads)
+        recorder = self._attention_recorder(propagation)
         handles: list = []
         blocks = list(blocks)
         try:

@@ -52,6 +52,9 @@ class Propagation:
         #: keep their own small graph instead of recomputing in the backward)
         self.keep_gradients = gradients
         self.relevance_mode = False
+        #: rules for the products whose left operand is a given tensor (by identity),
+        #: e.g. the ``A V`` product of one block's attention
+        self.product_rules: dict[int, Any] = {}
 
     def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
         """Ordinary gradients of ``output`` (summed) w.r.t. ``inputs``."""
@@ -145,6 +148,7 @@ class _Add(Function):
 class _Product(Function):
     @staticmethod
     def forward(ctx, a, b, propagation):  # type: ignore[override]
+        ctx.rule = propagation.product_rules.get(id(a), propagation.rules.product)
         output = torch.matmul(a, b)
         ctx.save_for_backward(a, b, output)
         ctx.propagation = propagation
@@ -154,7 +158,7 @@ class _Product(Function):
     def backward(ctx, grad):  # type: ignore[override]
         a, b, output = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
-            ra, rb = ctx.propagation.rules.product.relevance(a, b, output, grad)
+            ra, rb = ctx.rule.relevance(a, b, output, grad)
         else:
             ra = (grad @ b.transpose(-1, -2).to(grad.dtype)).sum_to_size(a.shape)
             rb = (a.transpose(-1, -2).to(grad.dtype) @ grad).sum_to_size(b.shape)
