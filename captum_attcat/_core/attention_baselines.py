@@ -50,9 +50,7 @@ class _AttentionOnly(TransformerAttribution):
     """Methods that read attention probabilities only (one forward, no gradient)."""
 
     def _attention(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
-        return self._gradient_pass(
-            inputs, target, additional_forward_args, block_inputs=None, attention=True, backward=False
-        )
+        return self._attention_pass(inputs, target, additional_forward_args)
 
 
 class _AttentionGradients(TransformerAttribution):

@@ -28,10 +28,11 @@ from torch import Tensor
 from torch.nn import Module
 
 from .._utils.attention import AttentionRecorder, use_attention_handler
+from .._utils.forward import attention_maps
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
 from .._utils.validation import attention_mask_of, check_target, check_token_inputs
-from ..models.adapters import TransformerAdapter
+from ..models.adapters import TransformerAdapter, logits_of
 
 
 @dataclass
@@ -122,6 +123,16 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         args = _format_additional_forward_args(additional_forward_args) or ()
         return inputs, args, attention_mask_of(inputs, args)
 
+    def _attention_pass(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
+        """One forward pass reading only the attention probabilities (no gradients,
+        ``scores`` empty); ``target`` is optional and only checked when given."""
+        inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
+        output, attentions = attention_maps(self.adapter, inputs, *args)
+        if target is not None:
+            check_target(target, logits_of(output))
+        return GradientPass(inputs, attention_mask, scores=inputs.new_empty(0, dtype=torch.float32),
+                            attentions=attentions)
+
     def _gradient_pass(
         self,
         inputs: Any,
@@ -130,7 +141,6 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         block_inputs: bool | None = True,
         attention: bool = False,
         attention_grads: bool = False,
-        backward: bool = True,
     ) -> GradientPass:
         """One forward and one backward pass.
 
@@ -139,8 +149,6 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         ``attention_grads``: also their gradients. Hugging Face attention always
         runs through the library's eager implementation, so every method sees
         the same numbers whatever implementation the model was loaded with.
-        ``backward=False``: forward only (no gradients, scores empty); ``target``
-        is then optional and only checked when given.
         """
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
@@ -149,21 +157,12 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         handles: list = []
         states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
         try:
-            with explanation_mode(adapter.roots, adapter.attention_configs), torch.set_grad_enabled(backward), \
+            with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
                     use_attention_handler(recorder):
                 if attention:
                     handles = recorder.hook_outputs(adapter.hooked_attention)
                 with states:
                     output = adapter.forward(inputs, *args)
-                if not backward:
-                    if target is not None:
-                        check_target(target, output)
-                    return GradientPass(
-                        inputs=inputs,
-                        attention_mask=attention_mask,
-                        scores=output.new_empty(0),
-                        attentions=recorder.captured() if attention else [],
-                    )
                 scores = explained_scores(output, target)
                 wrt = states.captured()
                 if attention_grads:

@@ -3,7 +3,7 @@
 Example::
 
     >>> adapter = TransformerAdapter.from_model(model)
-    >>> maps = attention_maps(adapter, input_ids, attention_mask)
+    >>> output, maps = attention_maps(adapter, input_ids, attention_mask)
     >>> maps[0].shape                     # (batch, heads, queries, keys), block 0
 """
 
@@ -18,17 +18,17 @@ from .attention import AttentionRecorder, use_attention_handler
 from .state import explanation_mode
 
 
-def attention_maps(adapter: Any, inputs: Tensor, *args: Any) -> list[Tensor]:
-    """Every block's attention probabilities for ``adapter.call(inputs, *args)``,
-    without gradients, the model in eval mode and restored afterwards."""
+def attention_maps(adapter: Any, inputs: Tensor, *args: Any) -> tuple[Any, list[Tensor]]:
+    """The output of ``adapter.call(inputs, *args)`` and every block's attention
+    probabilities, without gradients, the model in eval mode and restored afterwards."""
     recorder = AttentionRecorder(adapter.attention_modules)
     handles = []
     try:
         with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
                 use_attention_handler(recorder):
             handles = recorder.hook_outputs(adapter.hooked_attention)
-            adapter.call(inputs, *args)
+            output = adapter.call(inputs, *args)
     finally:
         for handle in handles:
             handle.remove()
-    return recorder.captured()
+    return output, recorder.captured()

@@ -182,7 +182,7 @@ def head_statistics(
             [list(s.words) for s in batch], is_split_into_words=True, truncation=True,
             max_length=max_length, padding=True, return_tensors="pt",
         )
-        maps = attention_maps(adapter, encoded["input_ids"], encoded["attention_mask"])
+        _, maps = attention_maps(adapter, encoded["input_ids"], encoded["attention_mask"])
         argmax = torch.stack([m.argmax(-1) for m in maps])  # (blocks, batch, heads, queries)
         heads, width = argmax.shape[2], argmax.shape[3]
         if offset_counts is None:
