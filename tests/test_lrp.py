@@ -144,6 +144,42 @@ def test_gradient_mode_gives_the_ordinary_gradients():
         torch.testing.assert_close(ours, theirs)
 
 
+def test_live_rows_finds_the_rows_that_carry_something():
+    from captum_attcat.lrp.engine import _live_rows
+
+    grad = torch.zeros(4, 16, 8)
+    grad[:, 0] = 1.0  # a pooler reading [CLS]: one live row per example
+    grad[2, 5, 3] = -2.0
+    assert _live_rows(grad).tolist() == [0, 16, 32, 37, 48]
+    assert _live_rows(torch.ones(4, 16, 8)) is None  # mostly live: the whole tensor
+    assert _live_rows(torch.zeros(1, 8)) is None
+    assert _live_rows(torch.zeros(3, 8)).tolist() == []
+
+
+@pytest.mark.parametrize("name", ["TransAtt", "TransformerLRP"])
+def test_working_on_live_rows_only_changes_nothing(monkeypatch, name):
+    """The row selection in the linear layers' backward is a shortcut, not an approximation."""
+    import captum_attcat.lrp.engine as engine
+
+    model = tiny_bert()
+    ids, mask = padded_batch([9, 4, 6])
+    explainer = {"TransAtt": TransAtt, "TransformerLRP": TransformerLRP}[name](model)
+    selected: list[bool] = []
+    live_rows = engine._live_rows
+
+    def recording(grad: torch.Tensor) -> torch.Tensor | None:
+        rows = live_rows(grad)
+        selected.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(engine, "_live_rows", recording)
+    fast = explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+    assert any(selected)  # the shortcut was taken (above the pooler) ...
+    monkeypatch.setattr(engine, "_live_rows", lambda g: None)
+    dense = explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+    torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-7)
+
+
 def test_swapping_rules():
     model = tiny_bert()
     ids, mask = padded_batch([8, 5])

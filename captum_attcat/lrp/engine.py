@@ -94,11 +94,41 @@ class _Linear(Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, bias, output = ctx.saved_tensors
+        rows = _live_rows(grad)
+        if rows is not None:  # e.g. above a pooler that reads [CLS] only: work on those rows
+            x, output, grad = (t.reshape(-1, t.shape[-1])[rows] for t in (x, output, grad))
         if ctx.propagation.relevance_mode:
             result = ctx.rule.relevance(x, weight, bias, output, grad).to(x.dtype)
         else:
             result = grad.matmul(weight.to(grad.dtype)).to(x.dtype)
+        if rows is not None:
+            shape = ctx.saved_tensors[0].shape
+            full = result.new_zeros(shape.numel() // shape[-1], shape[-1])
+            result = full.index_copy_(0, rows, result).reshape(shape)
         return result, None, None, None, None
+
+
+def _live_rows(grad: Tensor) -> Tensor | None:
+    """Indices of the rows (all leading dimensions flattened) of ``grad`` that are not all
+    zero, when they are at most half of them; None otherwise (use the whole tensor).
+
+    Linear rules and the chain rule work row by row and give 0 for a zero row, so only
+    the live rows need the weight-sized products.
+    """
+    flat = grad.reshape(-1, grad.shape[-1])
+    if flat.shape[0] < 2:
+        return None
+    # a cheap look at a few evenly spaced rows first: mostly live means use the whole tensor
+    # a cheap look at 16 scattered rows first (a prime stride, so that it does not fall on
+    # the same position of every example): mostly live means use the whole tensor
+    sample = flat[torch.arange(1, 17) * 7919 % flat.shape[0]]
+    if 2 * int(torch.any(sample, 1).sum()) > sample.shape[0]:
+        return None
+    live = torch.any(flat, 1)
+    count = int(live.sum())
+    if 2 * count > flat.shape[0]:
+        return None
+    return live.nonzero()[:, 0]
 
 
 class _Elementwise(Function):

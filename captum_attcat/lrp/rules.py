@@ -45,9 +45,9 @@ STABILIZER = 1e-9
 def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STABILIZER) -> Tensor:
     """``numerator / (denominator ± stabilizer)`` (the sign of the denominator),
     and exactly 0 where the denominator is 0."""
-    zero = denominator == 0
-    quotient = numerator / torch.where(denominator >= 0, denominator + stabilizer, denominator - stabilizer)
-    return quotient.masked_fill_(zero, 0)
+    signed_stabilizer = torch.copysign(torch.tensor(stabilizer, dtype=denominator.dtype), denominator)
+    quotient = numerator / (denominator + signed_stabilizer)
+    return quotient.masked_fill_(denominator == 0, 0)
 
 
 def _divide_nonnegative(numerator: Tensor, denominator: Tensor, stabilizer: float) -> Tensor:
@@ -61,7 +61,11 @@ def _wide(tensor: Tensor) -> Tensor:
 
 
 class LinearRule:
-    """How ``y = x W^T + b`` passes the relevance of ``y`` to ``x``."""
+    """How ``y = x W^T + b`` passes the relevance of ``y`` to ``x``.
+
+    Rules work row by row (one token's features at a time) and give 0 to a row whose
+    relevance is 0; the engine may hand them only the rows that receive relevance.
+    """
 
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
         """Relevance of ``x`` (same shape) given that of ``output``."""
