@@ -84,7 +84,7 @@ class InputXGradientEmbeddings(_EmbeddingMethod):
 class IntegratedGradientsEmbeddings(_EmbeddingMethod):
     """Captum ``LayerIntegratedGradients`` on the word-embedding layer (``n_steps=50``)."""
 
-    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = 512) -> None:
+    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = 256) -> None:
         super().__init__(model)
         self.n_steps = n_steps
         self.internal_batch_size = internal_batch_size

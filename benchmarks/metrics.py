@@ -15,7 +15,8 @@ Tokens are ranked by attribution (highest first; ties broken by position); paddi
 * ``"pad"`` / ``"mask"``: the ids are replaced with ``pad_token_id`` / ``mask_token_id``
   (the attention mask is left as it was, so the model sees the replacement token).
 
-All perturbed copies of a batch are evaluated together, ``batch_size`` copies per forward pass.
+All perturbed copies of a batch are evaluated together, sorted by length, at most ``batch_size``
+copies and ``max_tokens`` tokens per forward pass.
 
 Example::
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -240,13 +241,32 @@ def _row_lengths(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, torch.zeros_like(pos)).max(1).values
 
 
+def _token_batches(sorted_lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[slice]:
+    """Consecutive slices of rows sorted by length, each of at most ``batch_size`` rows and
+    ``max_tokens`` tokens once padded to its longest row (a longer row goes alone).
+
+    Example::
+
+        >>> list(_token_batches([2, 3, 3, 8], batch_size=8, max_tokens=9))
+        [slice(0, 3, None), slice(3, 4, None)]
+    """
+    start = 0
+    for i, length in enumerate(sorted_lengths):
+        if i > start and (i - start == batch_size or (i - start + 1) * length > max_tokens):
+            yield slice(start, i)
+            start = i
+    if start < len(sorted_lengths):
+        yield slice(start, len(sorted_lengths))
+
+
 @torch.no_grad()
 def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor, extra: tuple[Any, ...],
-               batch_size: int, cache: ForwardCache | None = None) -> torch.Tensor:
+               batch_size: int, cache: ForwardCache | None = None, max_tokens: int = 2048) -> torch.Tensor:
     """Log-softmax of the model output for every row.
 
     Rows are sorted by length and each forward batch is cut to its longest row (columns past
-    every row's last attended position are padding), which makes deleted copies cheap.
+    every row's last attended position are padding), which makes deleted copies cheap; a batch
+    holds at most ``batch_size`` rows and ``max_tokens`` tokens.
     """
     n = ids.shape[0]
     lengths = _row_lengths(mask)
@@ -274,8 +294,8 @@ def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor,
                 todo.append(i)
                 cache.misses += 1
     todo.sort(key=lambda i: int(lengths[i]))
-    for s in range(0, len(todo), batch_size):
-        rows = torch.tensor(todo[s:s + batch_size], dtype=torch.long)
+    for chunk in _token_batches([int(lengths[i]) for i in todo], batch_size, max_tokens):
+        rows = torch.tensor(todo[chunk], dtype=torch.long)
         width = max(1, int(lengths[rows].max()))
         extra_b = tuple(a[rows] if pr else a for a, pr in zip(extra, per_row))
         lp = torch.log_softmax(_logits(forward_func(ids[rows, :width], mask[rows, :width], *extra_b)).float(), -1)
@@ -306,12 +326,14 @@ def perturbation_curve(
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     batch_size: int = 256,
+    max_tokens: int = 2048,
     cache: ForwardCache | None = None,
 ) -> PerturbationCurve:
     """Probability of the explained class after removing the top ``k`` of the tokens, for each ``k``.
 
     ``target=None`` explains the predicted class. Steps that remove nothing reuse the
-    unperturbed probability; all other copies go through ``forward_func`` ``batch_size`` at a time
+    unperturbed probability; all other copies go through ``forward_func`` at most ``batch_size``
+    (and ``max_tokens`` tokens) at a time
     (sorted by length, each batch cut to its longest row). With a :class:`ForwardCache`, inputs
     already evaluated (by an earlier call on the same model) are not evaluated again.
 
@@ -327,7 +349,7 @@ def perturbation_curve(
     if not steps:
         raise ValueError("steps is empty")
     B, S = input_ids.shape
-    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size, cache)
+    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size, cache, max_tokens)
     tgt = _target_tensor(target, B, log_p)
     log_p0 = log_p.gather(1, tgt[:, None])[:, 0]
 
@@ -351,7 +373,8 @@ def perturbation_curve(
         remove = rank[ex] < cnt[:, None]
         ids_p, mask_p = perturb(input_ids[ex], mask[ex], remove, perturbation, pad_token_id, mask_token_id)
         extra_p = tuple(a[ex] if isinstance(a, torch.Tensor) and a.shape[:1] == (B,) else a for a in extra)
-        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache).gather(1, tgt[ex][:, None])[:, 0]
+        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache, max_tokens)
+        lp = lp.gather(1, tgt[ex][:, None])[:, 0]
         table = torch.full((B, int(counts.max()) + 1), float("nan"))
         table[ex, cnt] = lp
         nz = counts > 0
@@ -375,6 +398,7 @@ def aopc(
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     batch_size: int = 256,
+    max_tokens: int = 2048,
     cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Area over the perturbation curve, per example: mean over ``k`` of ``p(x) - p(x~k)`` (higher = better).
@@ -391,7 +415,8 @@ def aopc(
         forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
         perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
         pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, batch_size=batch_size, cache=cache,
+        additional_forward_args=additional_forward_args, batch_size=batch_size, max_tokens=max_tokens,
+        cache=cache,
     )
     return aopc_from_curve(curve, absolute)
 
@@ -417,6 +442,7 @@ def log_odds(
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     batch_size: int = 256,
+    max_tokens: int = 2048,
     cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Log-odds, per example: mean over ``k`` of ``log(p(x~k) / p(x))`` (lower = better).
@@ -433,7 +459,8 @@ def log_odds(
         forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
         perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
         pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, batch_size=batch_size, cache=cache,
+        additional_forward_args=additional_forward_args, batch_size=batch_size, max_tokens=max_tokens,
+        cache=cache,
     )
     return log_odds_from_curve(curve)
 

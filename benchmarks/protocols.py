@@ -11,10 +11,12 @@ and how Kendall tau is computed.
 * ``ATTCAT``: the AttCAT reference evaluation. k = i/9 (i = 1..9); the true label; AOPC averages
   ``|p - p_k|`` with deletion; LOdds with [PAD]; examples shorter than 10 tokens skipped;
   [CLS] and [SEP] zeroed in the attention mask for the explanation pass (methods that average
-  over query rows, such as AttCAT's ``query_mask``, still average over every real token, as the
-  reference notebooks do); Kendall tau on the ``argsort`` permutations.
+  over query rows, given as their ``query_mask`` argument: AttCAT, AttentionGradient,
+  AttentionGradCAM, GradSAM, still average over every real token, as the reference notebooks
+  do); Kendall tau on the ``argsort`` permutations.
 * ``MASKLRP``: the Mask-LRP reference evaluation. k = i/9; the true label; signed AOPC and LOdds,
-  both with [PAD]; only [SEP] zeroed for the explanation; examples shorter than 20 tokens
+  both with [PAD]; only [SEP] zeroed for the explanation (query-averaging methods still
+  average over every real token, as the repository does); examples shorter than 20 tokens
   skipped; QQP keeps only label 1; examples whose original true-label probability is below
   0.3 (QQP) or 0.34 (MNLI) dropped.
 
@@ -173,6 +175,7 @@ class Protocol:
         pad_token_id: int = 0,
         mask_token_id: int | None = 103,
         batch_size: int = 256,
+        max_tokens: int = 2048,
         cache: ForwardCache | None = None,
     ) -> ProtocolScores:
         """AOPC and LOdds of ``attributions`` under this protocol (one curve per perturbation kind).
@@ -186,7 +189,7 @@ class Protocol:
         kw = dict(attention_mask=attention_mask, steps=self.steps,
                   special_token_ids=special_token_ids if self.exclude_special else None,
                   pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size,
-                  cache=cache)
+                  max_tokens=max_tokens, cache=cache)
         curves = {}
         for kind in {self.aopc_perturbation, self.lodds_perturbation}:
             curves[kind] = perturbation_curve(forward_func, input_ids, attributions, targets,
@@ -233,6 +236,7 @@ MASKLRP = Protocol(
     min_probability={"qqp": 0.3, "mnli": 0.34},
     explain_hide=("sep",),
     kendall_on="ranks",
+    all_query_rows=True,
 )
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (PAPER, ATTCAT, MASKLRP)}

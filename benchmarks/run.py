@@ -148,11 +148,14 @@ def evaluate_methods(
     kendall: bool = False,
     progress: bool = True,
     cache: ForwardCache | None = None,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> list[MethodResult]:
     """Explain every example with every method and score the explanations under ``protocol``.
 
     Perturbed inputs that several methods (or protocols) share are evaluated once through
     ``cache`` (a new one per call when None; pass one to share it across calls on one model).
+    ``method_kwargs`` maps a method name to extra constructor arguments (e.g.
+    ``{"MaskLRP": {"head_mask": mask}}``).
 
     Example::
 
@@ -179,7 +182,7 @@ def evaluate_methods(
         if not batches:
             continue
         try:
-            explainer = cls(model)
+            explainer = cls(model, **(method_kwargs or {}).get(name, {}))
         except Exception as exc:  # a method that cannot handle this model: report, go on
             res.error = f"{type(exc).__name__}: {exc}"
             continue
@@ -339,6 +342,46 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
     return written
 
 
+def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, progress: bool = True
+                      ) -> tuple[Any, str]:
+    """The head mask ``MaskLRP`` runs with, and where it came from.
+
+    ``spec`` is a HeadMask JSON file, ``"none"`` (MaskLRP without a mask, i.e. TransAtt), or
+    ``"auto"``: ``<model>/head_mask.json`` when the model directory has one; otherwise the
+    important heads of ``model`` on UD English EWT dev (vendored), saved there for the next run
+    when the directory is writable.
+
+    Example::
+
+        >>> mask, source = resolve_head_mask("auto", model, tokenizer, "path/to/model")  # doctest: +SKIP
+        >>> source  # doctest: +SKIP
+        'computed on UD English EWT dev (35.2 s), saved to path/to/model/head_mask.json'
+    """
+    from captum_attcat.heads import HeadMask, head_statistics, read_conllu
+
+    if spec == "none":
+        return None, "none (MaskLRP = TransAtt)"
+    if spec != "auto":
+        if not Path(spec).is_file():
+            raise ValueError(f"--head-mask {spec!r}: no such file (give a HeadMask JSON, 'auto' or 'none')")
+        return HeadMask.load(spec), spec
+    cached = Path(model_path) / "head_mask.json"
+    if cached.is_file():
+        return HeadMask.load(cached), str(cached)
+    start = time.perf_counter()
+    sentences = read_conllu(Path(__file__).resolve().parent / "data" / "en_ewt-ud-dev.conllu.gz")
+    statistics = head_statistics(model, tokenizer, sentences, batch_size=64, progress=progress)
+    mask = HeadMask.from_statistics(statistics)
+    source = f"computed on UD English EWT dev ({time.perf_counter() - start:.1f} s)"
+    if Path(model_path).is_dir():
+        try:
+            mask.save(cached)
+            source += f", saved to {cached}"
+        except OSError:
+            pass
+    return mask, source
+
+
 def _load_model(spec: str | None, progress: bool) -> tuple[Any, Any, str]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -367,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default results/<task>)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--kendall", action="store_true", help="also compute Kendall-tau confidence")
+    p.add_argument("--head-mask", default="auto",
+                   help="MaskLRP's head mask: a HeadMask JSON, 'none', or 'auto' (<model>/head_mask.json, "
+                        "else found on UD English EWT dev and saved there)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -390,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[MethodResult] = []
     t_run, cpu_run = time.perf_counter(), time.process_time()
+    method_kwargs: dict[str, dict[str, Any]] = {}
+    head_mask_source = None
+    if "MaskLRP" in methods:
+        head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
+        method_kwargs["MaskLRP"] = {"head_mask": head_mask}
+        if head_mask is not None:
+            head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
+        print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
     cache = ForwardCache()
     eval_json = Path(model_path) / "eval.json"
     out = Path(a.out) if a.out else Path("results") / Path(task).stem
@@ -400,13 +454,15 @@ def main(argv: list[str] | None = None) -> int:
         "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
         "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
         "batch_size": a.batch_size, "kendall": a.kendall, "threads": torch.get_num_threads(),
+        "head_mask": head_mask_source,
         "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
     }
     seconds: dict[str, float] = {}
     for proto in protos:
         t_p = time.perf_counter()
         results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
-                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache)
+                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache,
+                                    method_kwargs=method_kwargs)
         seconds[proto.name] = round(time.perf_counter() - t_p, 1)
         config.update(seconds_per_protocol=seconds, seconds=round(time.perf_counter() - t_run, 1),
                       cpu_seconds=round(time.process_time() - cpu_run, 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from captum_attcat import (
     GAE,
+    AttCAT,
     METHODS,
     AttentionGradCAM,
     AttentionGradient,
@@ -82,6 +84,60 @@ def test_reference_vectors(reference, reference_model, method, kwargs, key):
     assert scores.shape == (1, 8) and scores.dtype == torch.float32
     first = 0 if method is GAE else 1  # GAE keeps its [CLS] value; the others hold placeholders there
     torch.testing.assert_close(scores[0, first:], expected[first:], rtol=1e-4, atol=1e-7)
+
+
+# The reference evaluations hide special tokens in the attention mask during the
+# explanation pass ([CLS] and [SEP] in the AttCAT notebooks, [SEP] in the Mask-LRP
+# repository); methods that average over query rows still average over every row there.
+MASKED_CASES = [
+    (AttCAT, "attcat.AttCAT [CLS+SEP masked (as in notebooks)]"),
+    (TransAtt, "attcat.TransAtt/LRP(start0) [CLS+SEP masked (as in notebooks)]"),
+    (PartialLRP, "attcat.PartialLRP [CLS+SEP masked (as in notebooks)]"),
+    (RawAttention, "attcat.RawAtt [CLS+SEP masked (as in notebooks)]"),
+    (AttentionRollout, "attcat.Rollout [CLS+SEP masked (as in notebooks)]"),
+    (AttentionGradCAM, "attcat.AttGradCAM [CLS+SEP masked (as in notebooks)]"),
+    (TransAtt, "masklrp.GAE(method named GAE) [SEP masked (as in repo)]"),
+    (AttCAT, "masklrp.AttCAT [SEP masked (as in repo)]"),
+    (AttentionRollout, "masklrp.Rollout [SEP masked (as in repo)]"),
+    (RawAttention, "masklrp.RawAtt [SEP masked (as in repo)]"),
+    (PartialLRP, "masklrp.PartialLRP [SEP masked (as in repo)]"),
+    (AttentionGradCAM, "masklrp.AttGradCAM [SEP masked (as in repo)]"),
+    (AttentionGradient, "masklrp.GradCAM(grad only) [SEP masked (as in repo)]"),
+]
+
+
+@pytest.mark.parametrize("method, key", MASKED_CASES, ids=[key for _, key in MASKED_CASES])
+def test_reference_vectors_with_special_tokens_masked(reference, reference_model, method, key):
+    ids = torch.tensor(reference["input_ids"])
+    mask = torch.tensor(reference["attention_masks"]["attcat" if "CLS+SEP" in key else "masklrp"])
+    kwargs = {"query_mask": torch.ones_like(ids)} if "query_mask" in inspect.signature(method.attribute).parameters else {}
+    with reference_embedding_order(reference_model, ids):
+        scores = method(reference_model).attribute(ids, target=reference["target"], additional_forward_args=(mask,),
+                                                   **kwargs)
+    expected = torch.tensor(reference["results"][key])
+    compared = mask[0].bool().clone()
+    compared[0] = False  # [CLS] holds a placeholder; hidden tokens score 0 here, the reference leaves values
+    torch.testing.assert_close(scores[0, compared], expected[compared], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", [AttentionGradient, AttentionGradCAM, GradSAM])
+def test_query_mask_of_the_query_averaging_baselines(method):
+    """With [CLS] hidden, the default rows (the attention mask) leave out the only row the
+    classifier reads, so these baselines give nothing; every row (query_mask) gives scores."""
+    model = tiny_bert()
+    ids, mask = padded_batch([9, 6])
+    hidden = mask.clone()
+    hidden[:, 0] = 0
+    explainer = method(model)
+    default = explainer.attribute(ids, target=0, additional_forward_args=(hidden,))
+    every_row = explainer.attribute(ids, target=0, additional_forward_args=(hidden,), query_mask=mask)
+    if method is not GradSAM:  # GradSAM also sums lower blocks, where every row has gradient
+        assert torch.all(default == 0)
+    assert every_row.abs().sum() > 0 and not torch.equal(every_row, default)
+    same = explainer.attribute(ids, target=0, additional_forward_args=(mask,), query_mask=mask)
+    torch.testing.assert_close(same, explainer.attribute(ids, target=0, additional_forward_args=(mask,)))
+    with pytest.raises(ValueError, match="query mask selects no query row"):
+        explainer.attribute(ids, target=0, additional_forward_args=(mask,), query_mask=torch.zeros_like(ids))
 
 
 def test_cls_values(reference, reference_model):

@@ -61,6 +61,15 @@ def test_ewt_counts_match_stats_xml(split):
     assert sum(len(s.words) for s in sentences) == int(expected.findtext("words"))
 
 
+def test_vendored_dev_split_is_the_shared_one():
+    """The benchmark runner's compressed copy reads as the original file."""
+    from benchmarks.data import VENDORED_DIR
+
+    vendored = read_conllu(VENDORED_DIR / "en_ewt-ud-dev.conllu.gz")
+    original = read_conllu(EWT / "en_ewt-ud-dev.conllu")
+    assert len(vendored) == 2001 and vendored == original
+
+
 def test_multiword_tokens_and_empty_nodes_do_not_shift_alignment():
     text = (
         "1\tI\tI\tPRON\t_\t_\t4\tnsubj\t_\t_\n"

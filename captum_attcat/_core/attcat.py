@@ -25,8 +25,7 @@ from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor
 
-from .._utils.validation import check_token_inputs, check_token_mask
-from .base import GradientPass, TransformerAttribution
+from .base import GradientPass, TransformerAttribution, check_query_mask, query_rows
 from .maps import received_attention
 from .registry import register_method
 
@@ -37,12 +36,6 @@ def class_activation_tokens(run: GradientPass) -> Tensor:
     return torch.stack(
         [(g.to(dtype) * h.to(dtype)).sum(-1) for g, h in zip(run.state_grads, run.states)], dim=1
     )
-
-
-def _check_rows(query_mask: Tensor) -> None:
-    empty = (query_mask.sum(1) == 0).nonzero()
-    if len(empty):
-        raise ValueError(f"the query mask selects no query row for example {int(empty[0])}")
 
 
 def _select_layers(layer_scores: Tensor, return_layer_scores: bool) -> Tensor:
@@ -149,16 +142,9 @@ class AttCAT(TransformerAttribution):
         Returns:
             ``(batch, seq)`` token scores (float32 for lower-precision models).
         """
-        if query_mask is not None:
-            query_mask = check_token_mask(query_mask, check_token_inputs(inputs), "query_mask")
-            _check_rows(query_mask)
+        check_query_mask(query_mask, inputs)
         run = self._gradient_pass(
             inputs, target, additional_forward_args, block_inputs=attribute_to_layer_input, attention=True
         )
-        if query_mask is None:
-            query_mask = run.attention_mask
-            if query_mask is None:
-                query_mask = torch.ones(run.inputs.shape[:2], device=run.inputs.device)
-            _check_rows(query_mask)
-        attention = received_attention(run.attentions, query_mask.to(run.inputs.device))
+        attention = received_attention(run.attentions, query_rows(run, query_mask))
         return _select_layers(class_activation_tokens(run) * attention, return_layer_scores)

@@ -25,7 +25,7 @@ from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor
 
-from .base import GradientPass, TransformerAttribution
+from .base import GradientPass, TransformerAttribution, check_query_mask, query_rows
 from .maps import cls_row, head_mean, positive_head_mean, query_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
@@ -35,11 +35,18 @@ _ARGS = r"""
                 ``(batch, seq, hidden)`` when the forward function takes them.
             target: the output index to explain, as Captum's ``TargetType``{target_note}.
             additional_forward_args: further arguments of the forward function;
-                the first is the attention mask ``(batch, seq)``.
+                the first is the attention mask ``(batch, seq)``.{extra}
 
         Returns:
             ``(batch, seq)`` float32 token scores; padding scores 0.
 """
+
+
+_QUERY_MASK = """
+            query_mask: ``(batch, seq)`` 0/1, the query rows averaged over. Defaults
+                to the attention mask; with [CLS]/[SEP] zeroed in the attention mask
+                (the AttCAT reference evaluation), pass the real-token mask to keep
+                averaging over every row, as :class:`~captum_attcat.AttCAT` does."""
 
 
 def _mask(run: GradientPass) -> Tensor:
@@ -74,7 +81,7 @@ class RawAttention(_AttentionOnly):
         run = self._attention(inputs, target, additional_forward_args)
         return cls_row(head_mean(run.attentions[-1]), _mask(run))
 
-    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)")
+    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
 
 
 @register_method("AttentionRollout")
@@ -92,7 +99,7 @@ class AttentionRollout(_AttentionOnly):
         run = self._attention(inputs, target, additional_forward_args)
         return cls_row(rollout([head_mean(a) for a in run.attentions]), _mask(run))
 
-    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)")
+    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
 
 
 @register_method("AttentionGradient")
@@ -107,12 +114,14 @@ class AttentionGradient(_AttentionGradients):
     """
 
     @log_usage()
-    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None,
+                  query_mask: Tensor | None = None) -> Tensor:
+        check_query_mask(query_mask, inputs)
         run = self._attention(inputs, target, additional_forward_args)
-        mask = _mask(run)
-        return query_mean(head_mean(run.attention_grads[-1]), mask).clamp(min=0) * mask
+        rows = query_rows(run, query_mask)
+        return query_mean(head_mean(run.attention_grads[-1]), rows).clamp(min=0) * _mask(run)
 
-    attribute.__doc__ = _ARGS.format(target_note="")
+    attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK)
 
 
 @register_method("AttentionGradCAM")
@@ -127,10 +136,12 @@ class AttentionGradCAM(_AttentionGradients):
     """
 
     @log_usage()
-    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None,
+                  query_mask: Tensor | None = None) -> Tensor:
+        check_query_mask(query_mask, inputs)
         run = self._attention(inputs, target, additional_forward_args)
-        mask = _mask(run)
-        pairs = (mask[:, :, None] * mask[:, None, :])[:, None]  # (batch, 1, q, k): real x real
+        mask, rows = _mask(run), query_rows(run, query_mask)
+        pairs = (rows[:, :, None] * rows[:, None, :])[:, None]  # (batch, 1, q, k): counted x counted
         grads = wide(run.attention_grads[-1]) * pairs
         weights = grads.sum((2, 3), keepdim=True) / pairs.sum((2, 3), keepdim=True)
         cam = (weights * wide(run.attentions[-1])).mean(1).clamp(min=0)
@@ -141,7 +152,7 @@ class AttentionGradCAM(_AttentionGradients):
         scaled = torch.where(spread > 0, (cam - low) / spread.clamp(min=torch.finfo(cam.dtype).tiny), 0.0)
         return cls_row(scaled, mask)
 
-    attribute.__doc__ = _ARGS.format(target_note="")
+    attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK.replace("query rows", "rows and columns"))
 
 
 @register_method("GradSAM")
@@ -155,13 +166,14 @@ class GradSAM(_AttentionGradients):
     """
 
     @log_usage()
-    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
+    def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None,
+                  query_mask: Tensor | None = None) -> Tensor:
+        check_query_mask(query_mask, inputs)
         run = self._attention(inputs, target, additional_forward_args)
-        mask = _mask(run)
         maps = [head_mean(wide(a) * wide(g).clamp(min=0)) for a, g in zip(run.attentions, run.attention_grads)]
-        return query_mean(torch.stack(maps).mean(0), mask) * mask
+        return query_mean(torch.stack(maps).mean(0), query_rows(run, query_mask)) * _mask(run)
 
-    attribute.__doc__ = _ARGS.format(target_note="")
+    attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK)
 
 
 @register_method("GAE")
@@ -186,4 +198,4 @@ class GAE(_AttentionGradients):
             relevance = relevance + weighted @ relevance
         return cls_row(relevance, _mask(run), keep_cls=True)
 
-    attribute.__doc__ = _ARGS.format(target_note="")
+    attribute.__doc__ = _ARGS.format(target_note="", extra="")

@@ -31,7 +31,7 @@ from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.forward import attention_maps
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from .._utils.validation import attention_mask_of, check_target, check_token_inputs
+from .._utils.validation import attention_mask_of, check_target, check_token_inputs, check_token_mask
 from ..models.adapters import TransformerAdapter, logits_of
 
 
@@ -56,6 +56,33 @@ class GradientPass:
     state_grads: list[Tensor] = field(default_factory=list)
     attentions: list[Tensor] = field(default_factory=list)
     attention_grads: list[Tensor] = field(default_factory=list)
+
+
+def check_query_mask(query_mask: Tensor | None, inputs: Any) -> None:
+    """Reject a ``query_mask`` of the wrong shape or values, or one that selects no row."""
+    if query_mask is None:
+        return
+    query_mask = check_token_mask(query_mask, check_token_inputs(inputs), "query_mask")
+    empty = (query_mask.sum(1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(f"the query mask selects no query row for example {int(empty[0])}")
+
+
+def query_rows(run: GradientPass, query_mask: Tensor | None = None) -> Tensor:
+    """The query rows a method averages over, float ``(batch, seq)``: ``query_mask`` when
+    given (checked by :func:`check_query_mask`), else the attention mask of the pass (all
+    ones without one).
+
+    Example::
+
+        >>> query_rows(run, torch.ones_like(input_ids))  # every row, even masked [CLS]/[SEP]  # doctest: +SKIP
+    """
+    if query_mask is None:
+        query_mask = run.attention_mask
+        if query_mask is None:
+            query_mask = torch.ones(run.inputs.shape[:2], device=run.inputs.device)
+        check_query_mask(query_mask, run.inputs)
+    return query_mask.to(run.inputs.device, torch.float32)
 
 
 def explained_scores(output: Tensor, target: TargetType) -> Tensor:

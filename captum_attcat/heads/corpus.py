@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +72,17 @@ def parse_conllu(source: str | TextIO) -> Iterator[ParsedSentence]:
 
 
 def read_conllu(*paths: str | Path) -> list[ParsedSentence]:
-    """All sentences of one or more CoNLL-U files."""
+    """All sentences of one or more CoNLL-U files (gzip-compressed when the name ends in ``.gz``).
+
+    Example::
+
+        >>> len(read_conllu("en_ewt-ud-dev.conllu"))  # doctest: +SKIP
+        2001
+    """
     sentences: list[ParsedSentence] = []
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
             sentences.extend(parse_conllu(handle))
     return sentences
 

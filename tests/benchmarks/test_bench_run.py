@@ -162,7 +162,7 @@ def test_explanation_pass_masks_per_protocol(tiny_model_dir: Path) -> None:
         assert res[0].examples == int(keep)
         if keep:
             assert seen[0][0].tolist() == [want]
-            assert (seen[0][1] is not None) == (proto is ATTCAT)
+            assert (seen[0][1] is not None) == (proto in (ATTCAT, MASKLRP))
             if proto is ATTCAT:
                 assert seen[0][1].tolist() == [[1] * 11]
 
@@ -191,3 +191,56 @@ def test_kendall_column_matches_per_example_computation(tiny_model_dir: Path) ->
         taus.append(kendall_tau(s[0], s[1]))
     assert res[0].kendall_tau == pytest.approx(sum(taus) / 4, abs=1e-6)
     assert -1.0 < res[0].kendall_tau < 1.0
+
+
+def test_head_mask_for_mask_lrp(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """'auto' finds the heads on the vendored EWT dev once and keeps them next to the model."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.run import resolve_head_mask
+    from captum_attcat import HeadMask
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "head_mask.json").unlink(missing_ok=True)  # left by a run with --methods all
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert resolve_head_mask("none", model, tok, str(model_dir)) == (None, "none (MaskLRP = TransAtt)")
+    found, source = resolve_head_mask("auto", model, tok, str(model_dir), progress=False)
+    assert isinstance(found, HeadMask) and found.shape == (2, 2)
+    assert "UD English EWT dev" in source and (model_dir / "head_mask.json").is_file()
+    again, source = resolve_head_mask("auto", model, tok, str(model_dir))
+    assert source == str(model_dir / "head_mask.json") and (again.mask == found.mask).all()
+    custom = tmp_path / "mask.json"
+    HeadMask.from_tensor([[1, 0], [0, 0]]).save(custom)
+    given, source = resolve_head_mask(str(custom), model, tok, str(model_dir))
+    assert source == str(custom) and given.mask.tolist() == [[True, False], [False, False]]
+    with pytest.raises(ValueError, match="no such file"):
+        resolve_head_mask(str(tmp_path / "missing.json"), model, tok, str(model_dir))
+
+    # the runner builds MaskLRP with the mask and records where it came from
+    import benchmarks.run as run
+
+    built: list[dict] = []
+
+    class Recorded(run.available_methods()["MaskLRP"]):
+        def __init__(self, model: object, **kwargs: object) -> None:
+            built.append(kwargs)
+            super().__init__(model, **kwargs)
+
+    data = write_tsv(tmp_path / "d.tsv", ROWS)
+    out = tmp_path / "out"
+    original = run.available_methods
+    run.available_methods = lambda: {**original(), "MaskLRP": Recorded}
+    try:
+        main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "6",
+              "--model", str(model_dir), "--methods", "MaskLRP", "--head-mask", str(custom),
+              "--out", str(out), "--no-progress"])
+    finally:
+        run.available_methods = original
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["head_mask"] == f"{custom}; 1 of 4 heads"
+    assert res["results"][0]["error"] is None
+    assert built and built[0]["head_mask"].mask.tolist() == [[True, False], [False, False]]
