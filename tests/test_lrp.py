@@ -344,11 +344,39 @@ def test_alpha_beta_cache_follows_the_weights():
     assert not rule._spreads
 
 
-def test_gpt2_names_the_operation_without_a_rule():
-    """GPT-2's Conv1D (``torch.addmm``) and tanh-GELU (a product of two activations) have no
-    rule yet: the LRP methods say so instead of returning wrong relevance."""
+def test_gpt2_conv1d_and_tanh_gelu_modules():
+    """GPT-2's Conv1D (``torch.addmm``) is a linear layer and its tanh-GELU module one
+    elementwise operation: relevance through the whole decoder is conserved."""
+    from captum_attcat.lrp import activation_modules
+
     model = tiny_model("gpt2")
+    assert {type(m).__name__ for m in activation_modules([model])} == {"NewGELUActivation"}
     ids, mask = padded_batch([6, 4], pad=0)
-    for method in LRP_METHODS:
-        with pytest.raises(NotImplementedError, match=r"no rule for `torch.addmm`"):
-            method(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    scores = TransformerLRP(model).attribute(ids, target=torch.tensor([1, 0]), additional_forward_args=(mask,))
+    torch.testing.assert_close(scores.sum(1), torch.ones(2), rtol=0, atol=1e-4)
+    assert scores[1, 4:].eq(0).all()
+
+
+def test_an_activation_module_is_one_elementwise_operation():
+    """tanh-GELU is written as pow, add, tanh and a product of two activations: op by op it
+    has no rule; as a module it takes the elementwise rule, and its gradient stays exact."""
+    from transformers.activations import NewGELUActivation
+
+    act = NewGELUActivation()
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    propagation = Propagation()
+    with pytest.raises(NotImplementedError, match="no rule"):
+        with lrp_forward(propagation):
+            act(x)
+    with lrp_forward(propagation, [act]):
+        y = act(x)
+    assert "forward" not in act.__dict__  # the module is as it was ...
+    with pytest.raises(RuntimeError, match="boom"):
+        with lrp_forward(propagation, [act]):
+            raise RuntimeError("boom")
+    assert "forward" not in act.__dict__  # ... also after an error
+    (grad,) = propagation.gradients(y.sum(), [x], retain_graph=True)
+    (expected,) = torch.autograd.grad(act(x).sum(), x)
+    torch.testing.assert_close(grad, expected)
+    (relevance,) = propagation.relevance((y * 2).sum(), [x])
+    torch.testing.assert_close(relevance, torch.full_like(x, 2.0))  # identity rule

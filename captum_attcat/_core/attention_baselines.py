@@ -79,7 +79,7 @@ class RawAttention(_AttentionOnly):
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
-        return cls_row(head_mean(run.attentions[-1]), _mask(run))
+        return cls_row(head_mean(run.attentions[-1]), _mask(run), causal=self.adapter.causal)
 
     attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
 
@@ -97,7 +97,7 @@ class AttentionRollout(_AttentionOnly):
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
-        return cls_row(rollout([head_mean(a) for a in run.attentions]), _mask(run))
+        return cls_row(rollout([head_mean(a) for a in run.attentions]), _mask(run), causal=self.adapter.causal)
 
     attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
 
@@ -150,7 +150,7 @@ class AttentionGradCAM(_AttentionGradients):
         high = cam.masked_fill(~pairs, float("-inf")).amax((1, 2), keepdim=True)
         spread = high - low
         scaled = torch.where(spread > 0, (cam - low) / spread.clamp(min=torch.finfo(cam.dtype).tiny), 0.0)
-        return cls_row(scaled, mask)
+        return cls_row(scaled, mask, causal=self.adapter.causal)
 
     attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK.replace("query rows", "rows and columns"))
 
@@ -196,6 +196,6 @@ class GAE(_AttentionGradients):
             if relevance is None:
                 relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype, device=weighted.device).expand_as(weighted)
             relevance = relevance + weighted @ relevance
-        return cls_row(relevance, _mask(run), keep_cls=True)
+        return cls_row(relevance, _mask(run), keep_cls=True, causal=self.adapter.causal)
 
     attribute.__doc__ = _ARGS.format(target_note="", extra="")

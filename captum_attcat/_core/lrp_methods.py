@@ -32,7 +32,7 @@ from torch.nn import Module
 from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from ..lrp.engine import Propagation, lrp_forward
+from ..lrp.engine import Propagation, activation_modules, lrp_forward
 from ..lrp.rules import LRPRules
 from .base import TransformerAttribution, explained_scores
 from .maps import cls_row, positive_head_mean, rollout, token_mask_of, wide
@@ -119,7 +119,7 @@ class LRPAttribution(TransformerAttribution):
                     for parameter in root.parameters():
                         parameter.requires_grad_(False)
                 handles = recorder.hook_outputs(adapter.hooked_attention)
-                with states, lrp_forward(propagation):
+                with states, lrp_forward(propagation, activation_modules(adapter.roots)):
                     output = adapter.forward(inputs, *args)
                 scores = explained_scores(output, target)
                 attentions = [recorder.captured()[b] for b in blocks]
@@ -194,7 +194,7 @@ class PartialLRP(LRPAttribution):
         last = len(self.adapter.blocks) - 1
         run = self._relevance_pass(inputs, target, additional_forward_args, blocks=[last])
         cam = wide(run.attention_relevance[0]).clamp(min=0).mean(1)
-        return cls_row(cam, run.token_mask)
+        return cls_row(cam, run.token_mask, causal=self.adapter.causal)
 
     attribute.__doc__ = _ARGS.format(extra="")
 
@@ -226,7 +226,7 @@ class TransAtt(LRPAttribution):
             inputs, target, additional_forward_args, blocks=range(start_layer, n_blocks), attention_grads=True
         )
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, run.attention_relevance)]
-        return cls_row(rollout(maps), run.token_mask)
+        return cls_row(rollout(maps), run.token_mask, causal=self.adapter.causal)
 
     attribute.__doc__ = _ARGS.format(
         extra="\n            start_layer: the first block of the rollout (0: all blocks)."

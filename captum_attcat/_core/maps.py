@@ -57,10 +57,20 @@ def rollout(maps: Sequence[Tensor]) -> Tensor:
     return joint  # type: ignore[return-value]
 
 
-def cls_row(matrix: Tensor, token_mask: Tensor, keep_cls: bool = False) -> Tensor:
+def cls_row(matrix: Tensor, token_mask: Tensor, keep_cls: bool = False, causal: bool = False) -> Tensor:
     """Row 0 (the [CLS] query) of ``(batch, n, n)``; padding set to 0 and, unless
-    ``keep_cls``, position 0 too (its self-score is no explanation of the others)."""
-    row = matrix[:, 0] * token_mask.to(matrix.dtype)
+    ``keep_cls``, position 0 too (its self-score is no explanation of the others).
+
+    ``causal=True`` (decoders such as GPT-2, whose classification head reads the last real
+    token) reads the row of each example's last real token instead and keeps every value:
+    that token is a word of the input, not a marker.
+    """
+    mask = token_mask.to(matrix.dtype)
+    if causal:
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask > 0, positions, torch.zeros_like(positions)).amax(1)
+        return matrix[torch.arange(matrix.shape[0], device=matrix.device), last] * mask
+    row = matrix[:, 0] * mask
     if not keep_cls:
         row[:, 0] = 0
     return row

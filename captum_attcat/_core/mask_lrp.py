@@ -150,4 +150,4 @@ class MaskLRP(LRPAttribution):
         else:
             relevance = run.attention_relevance
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, relevance)]
-        return cls_row(rollout(maps), run.token_mask)
+        return cls_row(rollout(maps), run.token_mask, causal=self.adapter.causal)

@@ -7,7 +7,7 @@ Example::
     >>> TransAtt(model, rules=LRPRules(linear=EpsilonRule(1e-6))).attribute(input_ids, target=1)
 """
 
-from .engine import Propagation, lrp_forward
+from .engine import Propagation, activation_modules, lrp_forward
 from .rules import (
     AddRule,
     AlphaBetaRule,
@@ -32,6 +32,7 @@ __all__ = [
     "NormalizedAddRule",
     "ProductRule",
     "Propagation",
+    "activation_modules",
     "lrp_forward",
     "safe_divide",
 ]

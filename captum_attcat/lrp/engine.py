@@ -7,9 +7,11 @@ grad; parameters are frozen for the pass) is replaced by a
 ``torch.autograd.Function`` computing the same output, whose backward applies
 either the ordinary chain rule or the LRP rule chosen in :class:`LRPRules`:
 
-- ``linear`` (every ``nn.Linear``), ``elementwise`` (LayerNorm, GELU, ReLU,
-  tanh, softmax, dropout, scaling by a constant), ``add`` (residual sums),
-  ``product`` (``Q K^T`` and ``A V``, whichever attention code computes them);
+- ``linear`` (every ``nn.Linear``, and ``torch.addmm`` as GPT-2's ``Conv1D``
+  uses it), ``elementwise`` (LayerNorm, GELU, ReLU, tanh, softmax, dropout,
+  scaling by a constant, and whole activation modules, whatever operations
+  their code uses), ``add`` (residual sums), ``product`` (``Q K^T`` and
+  ``A V``, whichever attention code computes them);
 - operations that only move values around (views, transposes, indexing,
   copies, casts) keep their own backward, which moves relevance alike
   (a tensor used twice receives the sum of the relevance of both uses);
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
+from torch.nn import Module
 from torch.overrides import TorchFunctionMode
 
 from .rules import LRPRules
@@ -55,6 +58,16 @@ class Propagation:
         #: rules for the products whose left operand is a given tensor (by identity),
         #: e.g. the ``A V`` product of one block's attention
         self.product_rules: dict[int, Any] = {}
+        #: > 0 while an operation handled as a whole (an activation module) runs its own code
+        self.suspended = 0
+        self._transposed: dict[int, Tensor] = {}
+
+    def transposed(self, weight: Tensor) -> Tensor:
+        """``weight.t()``, the same view object for the whole pass (rules cache per weight)."""
+        view = self._transposed.get(id(weight))
+        if view is None:
+            view = self._transposed[id(weight)] = weight.t()
+        return view
 
     def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
         """Ordinary gradients of ``output`` (summed) w.r.t. ``inputs``."""
@@ -75,9 +88,18 @@ class Propagation:
         return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 
 
-def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor) -> Tensor:
+@contextlib.contextmanager
+def _suspended(propagation: Propagation) -> Iterator[None]:
+    propagation.suspended += 1
+    try:
+        yield
+    finally:
+        propagation.suspended -= 1
+
+
+def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor, propagation: Propagation) -> Tensor:
     """The chain rule through ``fn`` at ``x``, recomputing ``fn`` (cheap elementwise ops)."""
-    with torch.enable_grad():
+    with torch.enable_grad(), _suspended(propagation):
         leaf = x.detach().requires_grad_()
         (result,) = torch.autograd.grad(fn(leaf), leaf, grad)
     return result
@@ -86,7 +108,7 @@ def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor) -> Tensor:
 class _Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, rule, propagation):  # type: ignore[override]
-        output = F.linear(x, weight, bias)
+        output = F.linear(x, weight, bias)  # for addmm(b, x, W): weight = W.t(), a view
         ctx.save_for_backward(x, weight, bias, output)
         ctx.rule, ctx.propagation = rule, propagation
         return output
@@ -135,13 +157,14 @@ class _Elementwise(Function):
     @staticmethod
     def forward(ctx, x, fn, propagation):  # type: ignore[override]
         ctx.fn, ctx.propagation, ctx.graph = fn, propagation, None
-        if propagation.keep_gradients:  # keep the op's own graph for the chain rule
-            with torch.enable_grad():
-                leaf = x.detach().requires_grad_()
-                ctx.graph = (leaf, fn(leaf))
-            output = ctx.graph[1].detach()
-        else:
-            output = fn(x)
+        with _suspended(propagation):  # fn may be several operations (an activation module)
+            if propagation.keep_gradients:  # keep the op's own graph for the chain rule
+                with torch.enable_grad():
+                    leaf = x.detach().requires_grad_()
+                    ctx.graph = (leaf, fn(leaf))
+                output = ctx.graph[1].detach()
+            else:
+                output = fn(x)
         ctx.save_for_backward(x, output)
         return output
 
@@ -153,7 +176,7 @@ class _Elementwise(Function):
         elif ctx.graph is not None:
             (result,) = torch.autograd.grad(ctx.graph[1], ctx.graph[0], grad, retain_graph=True)
         else:
-            result = _vjp(ctx.fn, x, grad)
+            result = _vjp(ctx.fn, x, grad, ctx.propagation)
         return result.to(x.dtype), None, None
 
 
@@ -200,6 +223,7 @@ def _carries(value: Any) -> bool:
 
 
 _LINEAR = {F.linear}
+_ADDMM = {torch.addmm, Tensor.addmm}
 _ELEMENTWISE = {
     F.layer_norm, torch.layer_norm, F.rms_norm, F.gelu, F.relu, torch.relu, Tensor.relu, F.silu,
     torch.tanh, Tensor.tanh, F.tanh, torch.softmax, Tensor.softmax, F.softmax, F.dropout,
@@ -228,9 +252,11 @@ class _LRPMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _MOVES:
-            return func(*args, **kwargs)
         propagation = self.propagation
+        if func in _MOVES or propagation.suspended:
+            return func(*args, **kwargs)
+        if func in _ADDMM and _carries(args[1] if len(args) > 1 else kwargs.get("mat1")):
+            return _addmm(propagation, *args, **kwargs)
         if func in _LINEAR:
             x = args[0]
             weight = args[1] if len(args) > 1 else kwargs["weight"]
@@ -273,6 +299,15 @@ class _LRPMode(TorchFunctionMode):
         return output
 
 
+def _addmm(propagation: Propagation, input: Any, mat1: Tensor, mat2: Any, *, beta: float = 1, alpha: float = 1
+           ) -> Tensor:
+    """``input + mat1 @ mat2`` with relevance in ``mat1``: GPT-2's ``Conv1D``, a linear layer."""
+    if beta != 1 or alpha != 1 or _carries(input) or _carries(mat2):
+        raise NotImplementedError(_no_rule(torch.addmm, "a relevance-carrying operand other than mat1, or scaling"))
+    rule = propagation.rules.linear_rule_for(mat2)
+    return _Linear.apply(mat1, propagation.transposed(mat2), input, rule, propagation)
+
+
 def _flat(args: tuple, kwargs: dict) -> Iterator[Any]:
     for value in (*args, *kwargs.values()):
         if isinstance(value, (list, tuple)):
@@ -293,12 +328,55 @@ def _no_rule(func: Any, what: str) -> str:
     )
 
 
+def activation_modules(roots: Sequence[Module]) -> list[Module]:
+    """The activation modules under ``roots``: torch's (``nn.GELU``, ``nn.ReLU``, ...) and
+    those of ``transformers.activations`` (e.g. GPT-2's tanh-GELU, written as several ops).
+
+    Example::
+
+        >>> [type(m).__name__ for m in activation_modules([gpt2])][:1]  # doctest: +SKIP
+        ['NewGELUActivation']
+    """
+    found = []
+    for root in roots:
+        for module in root.modules():
+            kind = type(module)
+            if kind.__module__ in ("torch.nn.modules.activation", "transformers.activations") and not isinstance(
+                module, (torch.nn.MultiheadAttention, torch.nn.Softmax2d)
+            ):
+                found.append(module)
+    return found
+
+
 @contextlib.contextmanager
-def lrp_forward(propagation: Propagation) -> Iterator[Propagation]:
+def lrp_forward(propagation: Propagation, activations: Sequence[Module] = ()) -> Iterator[Propagation]:
     """Run a forward pass whose graph can be walked back for gradients or relevance.
 
     Tensors carrying relevance are those that require grad: make the explained
-    input require grad and freeze the parameters for the pass.
+    input require grad and freeze the parameters for the pass. Each module of
+    ``activations`` (see :func:`activation_modules`) is one elementwise operation,
+    whatever operations its code uses.
     """
-    with _LRPMode(propagation):
-        yield propagation
+    replaced: list[tuple[Module, Any]] = []
+    try:
+        for module in activations:
+            replaced.append((module, module.__dict__.get("forward")))
+            module.forward = _as_elementwise(module.forward, propagation)
+        with _LRPMode(propagation):
+            yield propagation
+    finally:
+        for module, own in reversed(replaced):
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+        propagation.suspended = 0
+
+
+def _as_elementwise(forward: Callable[..., Any], propagation: Propagation) -> Callable[..., Any]:
+    def elementwise(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or not _carries(x):
+            return forward(x, *args, **kwargs)
+        return _Elementwise.apply(x, forward, propagation)
+
+    return elementwise

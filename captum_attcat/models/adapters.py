@@ -183,6 +183,12 @@ class TransformerAdapter:
         self.hooked_attention = [m for m in self.attention_modules if not attention_configs([m])]
 
     @property
+    def causal(self) -> bool:
+        """Whether the attention is causal (a decoder such as GPT-2): then the classification
+        head reads the last real token, and methods that read one query row read that one."""
+        return any(getattr(module, "is_causal", False) is True for module in self.attention_modules)
+
+    @property
     def vocab_size(self) -> int | None:
         return getattr(self.config, "vocab_size", None)
 
