@@ -1,7 +1,8 @@
 """Captum baselines and a random floor, behind the same call as the library's methods.
 
 Each class is built as ``Cls(model)`` from a Hugging Face sequence classifier and called as
-``obj.attribute(input_ids, target=..., additional_forward_args=(attention_mask,))``, returning
+``obj.attribute(input_ids, target=..., additional_forward_args=(attention_mask,))`` (with the
+``token_type_ids`` of sentence pairs after the mask), returning
 ``(batch, seq)`` token scores (padding gets 0), exactly like the entries of
 ``captum_attcat.METHODS``.
 
@@ -30,12 +31,21 @@ __all__ = ["BASELINES", "IntegratedGradientsEmbeddings", "SaliencyEmbeddings", "
 
 
 def _mask_of(input_ids: torch.Tensor, additional_forward_args: Any) -> torch.Tensor:
+    return _args_of(input_ids, additional_forward_args)[0]
+
+
+def _args_of(input_ids: torch.Tensor, additional_forward_args: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(attention_mask, token_type_ids or None)`` from ``additional_forward_args``."""
     args = additional_forward_args
     if args is None:
-        return torch.ones_like(input_ids)
+        return torch.ones_like(input_ids), None
     if isinstance(args, torch.Tensor):
-        return args
-    return args[0]
+        return args, None
+    return args[0], (args[1] if len(args) > 1 else None)
+
+
+def _types(token_type_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return {} if token_type_ids is None else {"token_type_ids": token_type_ids}
 
 
 def _target(target: Any, batch: int) -> Any:
@@ -52,14 +62,18 @@ class _EmbeddingMethod:
         self.model = model
         self.embeddings = model.get_input_embeddings()
 
-    def _forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs_embeds=embeds, attention_mask=attention_mask).logits
+    def _forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, **_types(token_type_ids)).logits
 
-    def _grad_scores(self, method: Any, input_ids: torch.Tensor, target: Any, mask: torch.Tensor) -> torch.Tensor:
+    def _grad_scores(self, method: Any, input_ids: torch.Tensor, target: Any, additional_forward_args: Any
+                     ) -> torch.Tensor:
+        mask, types = _args_of(input_ids, additional_forward_args)
         with torch.no_grad():
             embeds = self.embeddings(input_ids)
         embeds.requires_grad_()
-        attr = method.attribute(embeds, target=_target(target, input_ids.shape[0]), additional_forward_args=(mask,))
+        attr = method.attribute(embeds, target=_target(target, input_ids.shape[0]),
+                                additional_forward_args=(mask,) if types is None else (mask, types))
         return attr.sum(-1).detach() * mask
 
 
@@ -68,8 +82,7 @@ class SaliencyEmbeddings(_EmbeddingMethod):
 
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
-        mask = _mask_of(input_ids, additional_forward_args)
-        return self._grad_scores(Saliency(self._forward_embeds), input_ids, target, mask)
+        return self._grad_scores(Saliency(self._forward_embeds), input_ids, target, additional_forward_args)
 
 
 class InputXGradientEmbeddings(_EmbeddingMethod):
@@ -77,8 +90,7 @@ class InputXGradientEmbeddings(_EmbeddingMethod):
 
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
-        mask = _mask_of(input_ids, additional_forward_args)
-        return self._grad_scores(InputXGradient(self._forward_embeds), input_ids, target, mask)
+        return self._grad_scores(InputXGradient(self._forward_embeds), input_ids, target, additional_forward_args)
 
 
 class IntegratedGradientsEmbeddings(_EmbeddingMethod):
@@ -94,12 +106,13 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
                                      getattr(cfg, "bos_token_id", None), getattr(cfg, "eos_token_id", None))
                          if t is not None]
 
-    def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **_types(token_type_ids)).logits
 
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
-        mask = _mask_of(input_ids, additional_forward_args)
+        mask, types = _args_of(input_ids, additional_forward_args)
         baseline = torch.full_like(input_ids, self.pad_id)
         if self.keep_ids:
             keep = torch.isin(input_ids, torch.tensor(self.keep_ids, dtype=input_ids.dtype))
@@ -113,7 +126,8 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
         baseline = torch.where(keep, input_ids, baseline)
         lig = LayerIntegratedGradients(self._forward_ids, self.embeddings)
         attr = lig.attribute(input_ids, baselines=baseline, target=_target(target, input_ids.shape[0]),
-                             additional_forward_args=(mask,), n_steps=self.n_steps,
+                             additional_forward_args=(mask,) if types is None else (mask, types),
+                             n_steps=self.n_steps,
                              internal_batch_size=self.internal_batch_size)
         return attr.sum(-1).detach() * mask
 

@@ -5,7 +5,9 @@ the inputs, the attributions and the target, returning one value per example.
 
 Inputs are token ids ``(batch, seq)`` with an ``attention_mask`` (1 = real token, 0 = padding).
 ``forward_func(input_ids, attention_mask, *additional_forward_args)`` returns logits
-``(batch, classes)`` (or an object with ``.logits``, as Hugging Face models do).
+``(batch, classes)`` (or an object with ``.logits``, as Hugging Face models do). Sentence pairs
+give ``token_type_ids`` (segment ids): they are perturbed with the ids (a deleted token takes its
+segment id along) and passed to ``forward_func`` right after the attention mask.
 
 Tokens are ranked by attribution (highest first; ties broken by position); padding and the
 ``special_token_ids`` are never ranked nor removed. For a fraction ``k`` the top
@@ -171,12 +173,7 @@ def perturb(
     remove = remove.bool()
     if perturbation == "delete":
         keep = attention_mask.bool() & ~remove
-        # stable sort: kept tokens first, in their order
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-        ids = torch.gather(input_ids, 1, order)
-        new_keep = torch.gather(keep, 1, order)
-        ids = torch.where(new_keep, ids, torch.full_like(ids, pad_token_id))
-        return ids, new_keep.to(attention_mask.dtype)
+        return _repack(input_ids, keep, pad_token_id), _repack(keep, keep, False).to(attention_mask.dtype)
     if perturbation == "pad":
         value = pad_token_id
     elif perturbation == "mask":
@@ -187,6 +184,13 @@ def perturb(
         raise ValueError(f"perturbation must be 'delete', 'pad' or 'mask', got {perturbation!r}")
     ids = torch.where(remove, torch.full_like(input_ids, value), input_ids)
     return ids, attention_mask.clone()
+
+
+def _repack(values: torch.Tensor, keep: torch.Tensor, fill: Any) -> torch.Tensor:
+    """Each row's kept positions first, in their order, then ``fill``."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # stable: kept ones in order
+    packed = torch.gather(values, 1, order)
+    return torch.where(torch.gather(keep, 1, order), packed, torch.full_like(packed, fill))
 
 
 @dataclass(frozen=True)
@@ -261,8 +265,9 @@ def _token_batches(sorted_lengths: list[int], batch_size: int, max_tokens: int) 
 
 @torch.no_grad()
 def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor, extra: tuple[Any, ...],
-               batch_size: int, cache: ForwardCache | None = None, max_tokens: int = 2048) -> torch.Tensor:
-    """Log-softmax of the model output for every row.
+               batch_size: int, cache: ForwardCache | None = None, max_tokens: int = 2048,
+               types: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-softmax of the model output for every row (``types``: token type ids, passed after the mask).
 
     Rows are sorted by length and each forward batch is cut to its longest row (columns past
     every row's last attended position are padding), which makes deleted copies cheap; a batch
@@ -277,9 +282,8 @@ def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor,
     todo = list(range(n))
     if use_cache:
         assert cache is not None
-        ids_np, mask_np = ids.cpu().numpy(), mask.cpu().numpy()
-        keys = [ids_np[i, : int(lengths[i])].tobytes() + b"|" + mask_np[i, : int(lengths[i])].tobytes()
-                for i in range(n)]
+        arrays = [t.cpu().numpy() for t in (ids, mask, types) if t is not None]
+        keys = [b"|".join(a[i, : int(lengths[i])].tobytes() for a in arrays) for i in range(n)]
         todo = []
         first: dict[bytes, int] = {}
         for i, k in enumerate(keys):
@@ -298,7 +302,9 @@ def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor,
         rows = torch.tensor(todo[chunk], dtype=torch.long)
         width = max(1, int(lengths[rows].max()))
         extra_b = tuple(a[rows] if pr else a for a, pr in zip(extra, per_row))
-        lp = torch.log_softmax(_logits(forward_func(ids[rows, :width], mask[rows, :width], *extra_b)).float(), -1)
+        typed = () if types is None else (types[rows, :width],)
+        lp = _logits(forward_func(ids[rows, :width], mask[rows, :width], *typed, *extra_b))
+        lp = torch.log_softmax(lp.float(), -1)
         for j, i in enumerate(rows.tolist()):
             out[i] = lp[j]
             if use_cache:
@@ -325,6 +331,7 @@ def perturbation_curve(
     pad_token_id: int = _BERT_PAD,
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
+    token_type_ids: torch.Tensor | None = None,
     batch_size: int = 256,
     max_tokens: int = 2048,
     cache: ForwardCache | None = None,
@@ -349,7 +356,10 @@ def perturbation_curve(
     if not steps:
         raise ValueError("steps is empty")
     B, S = input_ids.shape
-    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size, cache, max_tokens)
+    if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+        raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} != input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    log_p = _log_probs(forward_func, input_ids, mask, extra, batch_size, cache, max_tokens, token_type_ids)
     tgt = _target_tensor(target, B, log_p)
     log_p0 = log_p.gather(1, tgt[:, None])[:, 0]
 
@@ -372,8 +382,13 @@ def perturbation_curve(
         ex, cnt = pairs[:, 0], pairs[:, 1]
         remove = rank[ex] < cnt[:, None]
         ids_p, mask_p = perturb(input_ids[ex], mask[ex], remove, perturbation, pad_token_id, mask_token_id)
+        types_p = None
+        if token_type_ids is not None:  # deleted positions leave with their segment ids
+            types_p = token_type_ids[ex]
+            if perturbation == "delete":
+                types_p = _repack(types_p, mask[ex].bool() & ~remove, 0)
         extra_p = tuple(a[ex] if isinstance(a, torch.Tensor) and a.shape[:1] == (B,) else a for a in extra)
-        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache, max_tokens)
+        lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache, max_tokens, types_p)
         lp = lp.gather(1, tgt[ex][:, None])[:, 0]
         table = torch.full((B, int(counts.max()) + 1), float("nan"))
         table[ex, cnt] = lp
@@ -397,6 +412,7 @@ def aopc(
     pad_token_id: int = _BERT_PAD,
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
+    token_type_ids: torch.Tensor | None = None,
     batch_size: int = 256,
     max_tokens: int = 2048,
     cache: ForwardCache | None = None,
@@ -415,8 +431,8 @@ def aopc(
         forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
         perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
         pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, batch_size=batch_size, max_tokens=max_tokens,
-        cache=cache,
+        additional_forward_args=additional_forward_args, token_type_ids=token_type_ids, batch_size=batch_size,
+        max_tokens=max_tokens, cache=cache,
     )
     return aopc_from_curve(curve, absolute)
 
@@ -441,6 +457,7 @@ def log_odds(
     pad_token_id: int = _BERT_PAD,
     mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
+    token_type_ids: torch.Tensor | None = None,
     batch_size: int = 256,
     max_tokens: int = 2048,
     cache: ForwardCache | None = None,
@@ -459,8 +476,8 @@ def log_odds(
         forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
         perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
         pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, batch_size=batch_size, max_tokens=max_tokens,
-        cache=cache,
+        additional_forward_args=additional_forward_args, token_type_ids=token_type_ids, batch_size=batch_size,
+        max_tokens=max_tokens, cache=cache,
     )
     return log_odds_from_curve(curve)
 

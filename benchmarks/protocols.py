@@ -177,6 +177,7 @@ class Protocol:
         batch_size: int = 256,
         max_tokens: int = 2048,
         cache: ForwardCache | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> ProtocolScores:
         """AOPC and LOdds of ``attributions`` under this protocol (one curve per perturbation kind).
 
@@ -189,7 +190,7 @@ class Protocol:
         kw = dict(attention_mask=attention_mask, steps=self.steps,
                   special_token_ids=special_token_ids if self.exclude_special else None,
                   pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size,
-                  max_tokens=max_tokens, cache=cache)
+                  max_tokens=max_tokens, cache=cache, token_type_ids=token_type_ids)
         curves = {}
         for kind in {self.aopc_perturbation, self.lodds_perturbation}:
             curves[kind] = perturbation_curve(forward_func, input_ids, attributions, targets,

@@ -112,6 +112,11 @@ class _Batch:
     mask: torch.Tensor
     explain_mask: torch.Tensor
     targets: torch.Tensor
+    types: torch.Tensor | None = None  # token type (segment) ids of sentence pairs
+
+    def forward_args(self) -> tuple[torch.Tensor, ...]:
+        """The explanation pass's additional forward args: the mask, then the segment ids."""
+        return (self.explain_mask,) if self.types is None else (self.explain_mask, self.types)
 
 
 def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol, task: str,
@@ -120,33 +125,42 @@ def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol,
     batches: list[_Batch] = []
     kept = 0
     for b in encode_batches(examples, tokenizer, batch_size, max_length=max_length):
+        pairs = b.token_type_ids is not None and bool(b.token_type_ids.any())
+        types = b.token_type_ids if pairs else None
         with torch.no_grad():
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                           **({"token_type_ids": types} if pairs else {})).logits
         keep = protocol.keep(task, b.attention_mask, b.labels, logits)
         if not keep.any():
             continue
         ids, mask = b.input_ids[keep], b.attention_mask[keep]
         width = int(mask.sum(1).max())
         ids, mask = ids[:, :width].contiguous(), mask[:, :width].contiguous()
+        types = None if types is None else types[keep][:, :width].contiguous()
         targets = protocol.targets(b.labels[keep], logits[keep])
         emask = protocol.explanation_mask(ids, mask, tokenizer.cls_token_id, tokenizer.sep_token_id)
-        batches.append(_Batch(ids, mask, emask, targets))
+        batches.append(_Batch(ids, mask, emask, targets, types))
         kept += int(keep.sum())
     return batches, kept
 
 
 def _stack(explained: list[tuple[_Batch, torch.Tensor]], pad_id: int
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The explained batches as one: ids, mask and scores padded to the widest batch."""
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The explained batches as one: ids, mask, scores, targets, segment ids (or None),
+    padded to the widest batch."""
     width = max(b.ids.shape[1] for b, _ in explained)
 
     def pad(t: torch.Tensor, value: float) -> torch.Tensor:
         return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
+    types = None
+    if any(b.types is not None for b, _ in explained):
+        types = torch.cat([pad(b.types if b.types is not None else torch.zeros_like(b.ids), 0) for b, _ in explained])
     return (torch.cat([pad(b.ids, pad_id) for b, _ in explained]),
             torch.cat([pad(b.mask, 0) for b, _ in explained]),
             torch.cat([pad(sc, 0.0) for _, sc in explained]),
-            torch.cat([b.targets for b, _ in explained]))
+            torch.cat([b.targets for b, _ in explained]),
+            types)
 
 
 def evaluate_methods(
@@ -186,8 +200,8 @@ def evaluate_methods(
                 if t is not None]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, attention_mask=mask).logits
+    def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=mask, **({} if types is None else {"token_type_ids": types})).logits
 
     results: list[MethodResult] = []
     for name, cls in methods.items():
@@ -209,21 +223,20 @@ def evaluate_methods(
             t0 = time.perf_counter()
             for b in bar:
                 kw = {"query_mask": b.mask} if rows_kw else {}
-                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=(b.explain_mask,),
-                                             **kw)
+                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=b.forward_args(), **kw)
                 explained.append((b, scores.detach().float()))
             t1 = time.perf_counter()
             # every batch's perturbed copies together: one length-sorted stream of forward passes
-            ids, mask, scores, targets = _stack(explained, pad_id)
+            ids, mask, scores, targets, types = _stack(explained, pad_id)
             s = protocol.score(forward, ids, mask, scores, targets, special_token_ids=specials,
                                pad_token_id=pad_id, mask_token_id=tokenizer.mask_token_id,
-                               batch_size=metric_batch_size, cache=cache)
+                               batch_size=metric_batch_size, cache=cache, token_type_ids=types)
             t2 = time.perf_counter()
             if kendall:
                 for b, _ in explained:
                     def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
-                                em: torch.Tensor = b.explain_mask) -> torch.Tensor:
-                        return explainer.attribute(ids, target=tgt, additional_forward_args=(em,),
+                                args: tuple = b.forward_args()) -> torch.Tensor:
+                        return explainer.attribute(ids, target=tgt, additional_forward_args=args,
                                                    **({"query_mask": _m} if rows_kw else {})).detach()
 
                     taus.append(kendall_tau_confidence(explain, b.ids, b.targets, model.config.num_labels,
@@ -428,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-mask", default="auto",
                    help="MaskLRP's head mask: a HeadMask JSON, 'none', or 'auto' (<model>/head_mask.json, "
                         "else found on UD English EWT dev and saved there)")
+    p.add_argument("--ig-steps", type=int, default=20,
+                   help="Integrated Gradients steps (Gauss-Legendre; Captum's default is 50)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -451,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[MethodResult] = []
     t_run, cpu_run = time.perf_counter(), time.process_time()
-    method_kwargs: dict[str, dict[str, Any]] = {}
+    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps}}
     head_mask_source = None
     if "MaskLRP" in methods:
         head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
@@ -469,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
         "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
         "batch_size": a.batch_size, "kendall": a.kendall, "threads": torch.get_num_threads(),
-        "head_mask": head_mask_source,
+        "head_mask": head_mask_source, "ig_steps": a.ig_steps,
         "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
     }
     seconds: dict[str, float] = {}

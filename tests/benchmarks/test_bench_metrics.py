@@ -252,6 +252,42 @@ def test_real_bert_matches_one_by_one_evaluation() -> None:
                 assert curve.log_pk[i, s].item() == pytest.approx(lp[0, t].item(), abs=1e-5)
 
 
+def test_sentence_pairs_keep_their_segment_ids() -> None:
+    """A deleted token takes its segment id along; replaced tokens keep theirs; the cache tells
+    two inputs apart by their segment ids too."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, num_labels=3, type_vocab_size=2)
+    bert = BertForSequenceClassification(cfg).eval()
+    fwd = lambda ids, m, t: bert(input_ids=ids, attention_mask=m, token_type_ids=t).logits  # noqa: E731
+    row, types = [CLS, 20, 21, 22, SEP, 30, 31, SEP], [0, 0, 0, 0, 0, 1, 1, 1]
+    ids, tt, mask = torch.tensor([row]), torch.tensor([types]), torch.ones(1, 8, dtype=torch.long)
+    attr = torch.tensor([[0.0, 0.1, 0.9, 0.2, 0.0, 0.8, 0.3, 0.0]])   # order: 21, 30, 31, 22, 20
+    steps = [0.4, 0.8]                                                   # 2 and 4 of 5 removed
+    for mode in ("delete", "pad"):
+        curve = perturbation_curve(fwd, ids, attr, 1, attention_mask=mask, steps=steps, perturbation=mode,
+                                   token_type_ids=tt)
+        for s, gone in enumerate([{2, 5}, {2, 5, 6, 3}]):
+            if mode == "delete":
+                kept = [j for j in range(8) if j not in gone]
+                new, new_tt = [row[j] for j in kept], [types[j] for j in kept]
+            else:
+                new, new_tt = [PAD if j in gone else row[j] for j in range(8)], types
+            with torch.no_grad():
+                lp = torch.log_softmax(fwd(torch.tensor([new]), torch.ones(1, len(new), dtype=torch.long),
+                                           torch.tensor([new_tt])), -1)
+            assert curve.log_pk[0, s].item() == pytest.approx(lp[0, 1].item(), abs=1e-5)
+    cache = ForwardCache()
+    perturbation_curve(fwd, ids, attr, 1, attention_mask=mask, steps=steps, token_type_ids=tt, cache=cache)
+    perturbation_curve(fwd, ids, attr, 1, attention_mask=mask, steps=steps, token_type_ids=torch.zeros_like(tt),
+                       cache=cache)
+    assert cache.misses == 6 and cache.hits == 0
+    with pytest.raises(ValueError, match="token_type_ids shape"):
+        perturbation_curve(fwd, ids, attr, 1, attention_mask=mask, token_type_ids=tt[:, :4])
+
+
 # --------------------------------------------------------------------------- Kendall tau
 
 def test_kendall_tau_ranks_vs_argsort_by_hand() -> None:

@@ -244,3 +244,47 @@ def test_head_mask_for_mask_lrp(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert res["config"]["head_mask"] == f"{custom}; 1 of 4 heads"
     assert res["results"][0]["error"] is None
     assert built and built[0]["head_mask"].mask.tolist() == [[True, False], [False, False]]
+
+
+def test_sentence_pairs_reach_every_model_call_with_their_segment_ids(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.data import Examples
+    from benchmarks.protocols import PAPER
+    from benchmarks.run import evaluate_methods
+
+    seen: list[tuple] = []
+
+    class Spy:
+        def __init__(self, model: object) -> None:
+            pass
+
+        def attribute(self, input_ids: torch.Tensor, target: object = None, additional_forward_args: tuple = ()
+                      ) -> torch.Tensor:
+            seen.append(tuple(a.clone() for a in additional_forward_args))
+            return torch.arange(input_ids.shape[1], dtype=torch.float32).expand(input_ids.shape).clone()
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    calls: list[torch.Tensor | None] = []
+    hook = model.bert.embeddings.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs.get("token_type_ids")), with_kwargs=True)
+    try:
+        ex = Examples("pairs", ["good fun movie", "bad"], ["very good", "really bad movie"], [1, 0])
+        res = evaluate_methods(model, tok, ex, {"Spy": Spy}, PAPER, progress=False)
+    finally:
+        hook.remove()
+    assert res[0].error is None and res[0].examples == 2
+    mask, types = seen[0]
+    assert types.tolist() == [[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1, 1]]  # rows sorted by length
+    assert calls and all(t is not None and t.any() for t in calls)  # the metric passes see them too
+
+    # and through the command line, every kind of method
+    data = tmp_path / "pairs.tsv"
+    data.write_text("a\tb\ty\n" + "".join(f"{t}\t{u}\t{y}\n" for (t, _), (u, y) in zip(ROWS, ROWS[1:])))
+    out = tmp_path / "out"
+    main(["--data", str(data), "--text-column", "a,b", "--label-column", "y", "--limit", "4",
+          "--model", str(tiny_model_dir), "--methods", "AttCAT,TransAtt,Saliency,IntegratedGradients",
+          "--out", str(out), "--no-progress"])
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["error"] for r in rows] == [None] * 4
