@@ -354,11 +354,13 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
         if not rows:
             continue
         ks = [100 * k for k in config["protocols"][proto]["steps"]]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for r in rows:
-            style = "--" if r.method == "Random" else "-"
-            ax1.plot(ks, r.aopc_curve, style, marker="o", ms=3, label=r.method)
-            ax2.plot(ks, r.lodds_curve, style, marker="o", ms=3, label=r.method)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+        palette = plt.get_cmap("tab20")
+        for i, r in enumerate(rows):  # 20 colours, and a second line style past 10 methods
+            style = "--" if r.method == "Random" else ("-" if i < 10 else "-.")
+            look = dict(color=palette(i % 20), marker="os^vD"[i % 5], ms=3, label=r.method)
+            ax1.plot(ks, r.aopc_curve, style, **look)
+            ax2.plot(ks, r.lodds_curve, style, **look)
         ax1.set(xlabel="k (% of tokens removed)", ylabel="mean probability drop", title=f"AOPC ({proto})")
         ax2.set(xlabel="k (% of tokens removed)", ylabel="mean log(p_k / p)", title=f"LOdds ({proto})")
         ax2.legend(fontsize=7, ncol=2)
