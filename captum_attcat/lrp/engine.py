@@ -140,7 +140,6 @@ def _live_rows(grad: Tensor) -> Tensor | None:
     flat = grad.reshape(-1, grad.shape[-1])
     if flat.shape[0] < 2:
         return None
-    # a cheap look at a few evenly spaced rows first: mostly live means use the whole tensor
     # a cheap look at 16 scattered rows first (a prime stride, so that it does not fall on
     # the same position of every example): mostly live means use the whole tensor
     sample = flat[torch.arange(1, 17) * 7919 % flat.shape[0]]
