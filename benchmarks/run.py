@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from .baselines import BASELINES
-from .data import Examples, encode_batches, load_file, load_task, model_max_length
+from .data import VENDORED_DIR, Examples, encode_batches, load_file, load_task, model_max_length
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
 
@@ -399,7 +399,7 @@ def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, pr
     if cached.is_file():
         return HeadMask.load(cached), str(cached)
     start = time.perf_counter()
-    sentences = read_conllu(Path(__file__).resolve().parent / "data" / "en_ewt-ud-dev.conllu.gz")
+    sentences = read_conllu(VENDORED_DIR / "en_ewt-ud-dev.conllu.gz")
     statistics = head_statistics(model, tokenizer, sentences, batch_size=64, progress=progress)
     mask = HeadMask.from_statistics(statistics)
     source = f"computed on UD English EWT dev ({time.perf_counter() - start:.1f} s)"

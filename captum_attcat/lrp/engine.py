@@ -116,6 +116,7 @@ class _Linear(Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, bias, output = ctx.saved_tensors
+        shape = x.shape
         rows = _live_rows(grad)
         if rows is not None:  # e.g. above a pooler that reads [CLS] only: work on those rows
             x, output, grad = (t.reshape(-1, t.shape[-1])[rows] for t in (x, output, grad))
@@ -124,7 +125,6 @@ class _Linear(Function):
         else:
             result = grad.matmul(weight.to(grad.dtype)).to(x.dtype)
         if rows is not None:
-            shape = ctx.saved_tensors[0].shape
             full = result.new_zeros(shape.numel() // shape[-1], shape[-1])
             result = full.index_copy_(0, rows, result).reshape(shape)
         return result, None, None, None, None
