@@ -95,6 +95,24 @@ def test_normalized_add_passes_on_what_it_received_per_example():
         torch.testing.assert_close(alone[0][0], ra[i])
 
 
+
+def test_normalized_add_edge_cases():
+    """An operand that is 0 in one example receives nothing there (no NaN, the other takes
+    everything); an operand shared by the whole batch is rescaled example by example."""
+    a, b, relevance = _double(2, 4, 5), _double(2, 4, 5, seed=1), _double(2, 4, 5, seed=2)
+    a[1] = 0
+    ra, rb = NormalizedAddRule().relevance(a, b, a + b, relevance)
+    assert torch.isfinite(ra).all() and torch.isfinite(rb).all()
+    assert torch.equal(ra[1], torch.zeros_like(ra[1]))
+    torch.testing.assert_close(rb[1].sum(), relevance[1].sum())
+    zeros = torch.zeros(2, 4, 5, dtype=torch.float64)
+    ra, rb = NormalizedAddRule().relevance(zeros, zeros, zeros, relevance)
+    assert not ra.any() and not rb.any()
+    shared = _double(1, 4, 5, seed=3)
+    ra, rb = NormalizedAddRule().relevance(shared, b, shared + b, relevance)
+    assert ra.shape == (2, 4, 5)  # autograd sums it back to the shared operand's shape
+    torch.testing.assert_close((ra + rb).sum((1, 2)), relevance.sum((1, 2)))
+
 def test_product_rule_halves_the_z_rule_and_conserves():
     a, b = _double(2, 3, 4, 5), _double(2, 3, 5, 6, seed=1)
     relevance = _double(2, 3, 4, 6, seed=2)
@@ -339,9 +357,9 @@ def test_alpha_beta_cache_follows_the_weights():
     rule = AlphaBetaRule()
     weight = torch.randn(3, 4)
     rule.relevance(torch.randn(2, 4), weight, None, torch.randn(2, 3), torch.randn(2, 3))
-    assert len(rule._spreads) == 1
+    assert len(rule._splits) == 1
     del weight
-    assert not rule._spreads
+    assert not rule._splits
 
 
 def test_gpt2_conv1d_and_tanh_gelu_modules():

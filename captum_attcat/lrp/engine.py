@@ -117,7 +117,10 @@ class _Linear(Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, bias, output = ctx.saved_tensors
         shape = x.shape
-        rows = _live_rows(grad)
+        # a gradient found dense says the relevance will be too: skip the look (working on
+        # every row is always right, only slower)
+        rows = None if getattr(ctx, "dense", False) else _live_rows(grad)
+        ctx.dense = rows is None
         if rows is not None:  # e.g. above a pooler that reads [CLS] only: work on those rows
             x, output, grad = (t.reshape(-1, t.shape[-1])[rows] for t in (x, output, grad))
         if ctx.propagation.relevance_mode:
@@ -137,46 +140,65 @@ def _live_rows(grad: Tensor) -> Tensor | None:
     Linear rules and the chain rule work row by row and give 0 for a zero row, so only
     the live rows need the weight-sized products.
     """
-    flat = grad.reshape(-1, grad.shape[-1])
-    if flat.shape[0] < 2:
+    lead = grad.shape[:-1]
+    if lead.numel() < 2:
         return None
-    # a cheap look at 16 scattered rows first (a prime stride, so that it does not fall on
-    # the same position of every example): mostly live means use the whole tensor
-    sample = flat[torch.arange(1, 17) * 7919 % flat.shape[0]]
-    if 2 * int(torch.any(sample, 1).sum()) > sample.shape[0]:
+    # a cheap look at 16 scattered rows first: mostly live means use the whole tensor
+    # (a row is live when the sum of its absolute values is not 0)
+    flat_index, index = _sample_rows(lead)
+    sample = grad.reshape(-1, grad.shape[-1]).index_select(0, flat_index) if grad.is_contiguous() else grad[index]
+    if 2 * int(torch.count_nonzero(sample.abs().sum(-1))) > _SAMPLE:
         return None
-    live = torch.any(flat, 1)
-    count = int(live.sum())
-    if 2 * count > flat.shape[0]:
-        return None
-    return live.nonzero()[:, 0]
+    live = grad.reshape(-1, grad.shape[-1]).abs().sum(-1)
+    rows = live.nonzero()[:, 0]
+    return None if 2 * rows.shape[0] > live.shape[0] else rows
+
+
+_SAMPLE = 16
+_SAMPLES: dict[tuple[int, ...], tuple[Tensor, tuple[Tensor, ...]]] = {}
+
+
+def _sample_rows(lead: torch.Size) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """16 rows spread over a tensor with leading dimensions ``lead`` (a prime stride, so
+    that they do not fall on the same position of every example), as flat indices and as
+    one index per dimension; cached."""
+    key = tuple(lead)
+    if key not in _SAMPLES:
+        flat = torch.arange(1, _SAMPLE + 1) * 7919 % lead.numel()
+        _SAMPLES[key] = flat, torch.unravel_index(flat, key)
+    return _SAMPLES[key]
 
 
 class _Elementwise(Function):
+    """An operation of one relevance-carrying tensor ``x``: its output ``y`` passes
+    through. With gradients kept, ``y`` was computed from ``x`` with its own graph,
+    which the chain rule follows; relevance goes to ``x`` by the elementwise rule."""
+
     @staticmethod
-    def forward(ctx, x, fn, propagation):  # type: ignore[override]
-        ctx.fn, ctx.propagation, ctx.graph = fn, propagation, None
-        with _suspended(propagation):  # fn may be several operations (an activation module)
-            if propagation.keep_gradients:  # keep the op's own graph for the chain rule
-                with torch.enable_grad():
-                    leaf = x.detach().requires_grad_()
-                    ctx.graph = (leaf, fn(leaf))
-                output = ctx.graph[1].detach()
-            else:
-                output = fn(x)
-        ctx.save_for_backward(x, output)
-        return output
+    def forward(ctx, x, y, fn, propagation):  # type: ignore[override]
+        ctx.fn, ctx.propagation, ctx.has_graph = fn, propagation, y.requires_grad
+        ctx.save_for_backward(x, y)
+        return y.detach()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, output = ctx.saved_tensors
+        x, y = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
-            result = ctx.propagation.rules.elementwise.relevance(x, output, grad)
-        elif ctx.graph is not None:
-            (result,) = torch.autograd.grad(ctx.graph[1], ctx.graph[0], grad, retain_graph=True)
+            return ctx.propagation.rules.elementwise.relevance(x, y, grad).to(x.dtype), None, None, None
+        if ctx.has_graph:
+            return None, grad, None, None
+        return _vjp(ctx.fn, x, grad, ctx.propagation).to(x.dtype), None, None, None
+
+
+def _elementwise(x: Tensor, fn: Callable[[Tensor], Tensor], propagation: Propagation) -> Tensor:
+    """``fn(x)`` as one elementwise operation (``fn`` may run several torch operations)."""
+    with _suspended(propagation):
+        if propagation.keep_gradients:  # ``fn``'s own graph gives the chain rule
+            y = fn(x)
         else:
-            result = _vjp(ctx.fn, x, grad, ctx.propagation)
-        return result.to(x.dtype), None, None
+            with torch.no_grad():
+                y = fn(x)
+    return _Elementwise.apply(x, y, fn, propagation)
 
 
 class _Add(Function):
@@ -269,7 +291,7 @@ class _LRPMode(TorchFunctionMode):
                 return func(*args, **kwargs)  # identity in eval mode: nothing to intercept
             if args and _carries(args[0]):
                 rest = args[1:]
-                return _Elementwise.apply(args[0], lambda x: func(x, *rest, **kwargs), propagation)
+                return _elementwise(args[0], lambda x: func(x, *rest, **kwargs), propagation)
             return func(*args, **kwargs)
         if func in _ADD or func in _SCALE or func in _PRODUCT:
             a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
@@ -287,7 +309,7 @@ class _LRPMode(TorchFunctionMode):
                     x, constant = (a, b) if carry_a else (b, a)
                     extra = {k: v for k, v in kwargs.items() if k != "other"}
                     op = (lambda t: func(t, constant, **extra)) if carry_a else (lambda t: func(constant, t, **extra))
-                    return _Elementwise.apply(x, op, propagation)
+                    return _elementwise(x, op, propagation)
                 raise NotImplementedError(_no_rule(func, "one relevance-carrying operand"))
             return func(*args, **kwargs)
         output = func(*args, **kwargs)
@@ -376,6 +398,6 @@ def _as_elementwise(forward: Callable[..., Any], propagation: Propagation) -> Ca
     def elementwise(x: Any, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs or not _carries(x):
             return forward(x, *args, **kwargs)
-        return _Elementwise.apply(x, forward, propagation)
+        return _elementwise(x, forward, propagation)
 
     return elementwise

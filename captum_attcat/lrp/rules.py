@@ -45,15 +45,12 @@ STABILIZER = 1e-9
 def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STABILIZER) -> Tensor:
     """``numerator / (denominator ± stabilizer)`` (the sign of the denominator),
     and exactly 0 where the denominator is 0."""
-    signed_stabilizer = torch.copysign(torch.tensor(stabilizer, dtype=denominator.dtype), denominator)
-    quotient = numerator / (denominator + signed_stabilizer)
+    stabilized = denominator.abs().add_(stabilizer).copysign_(denominator)
+    if numerator.shape == stabilized.shape and numerator.dtype == stabilized.dtype:
+        quotient = torch.div(numerator, stabilized, out=stabilized)
+    else:
+        quotient = numerator / stabilized
     return quotient.masked_fill_(denominator == 0, 0)
-
-
-def _divide_nonnegative(numerator: Tensor, denominator: Tensor, stabilizer: float) -> Tensor:
-    """:func:`safe_divide` for a fresh denominator known to be >= 0 (overwritten)."""
-    kept = torch.where(denominator > 0, numerator, 0.0)
-    return kept.div_(denominator.add_(stabilizer))
 
 
 def _wide(tensor: Tensor) -> Tensor:
@@ -78,13 +75,16 @@ class AlphaBetaRule(LinearRule):
     With :math:`z^+ = x^+ W^{+T} + x^- W^{-T}` (the positive contributions) and
     :math:`z^- = x^+ W^{-T} + x^- W^{+T}`,
     :math:`R_x = \alpha [x^+ (S^+ W^+) + x^- (S^+ W^-)] - \beta [x^+ (S^- W^-) + x^- (S^- W^+)]`,
-    :math:`S^\pm = R / z^\pm` (stabilised, 0 where :math:`z^\pm = 0`). The
-    default :math:`\alpha = 1, \beta = 0` is the reference rule; it conserves
-    relevance wherever :math:`z^+ \ne 0`.
+    :math:`S^\pm = R / (z^\pm \pm \epsilon)`. The default
+    :math:`\alpha = 1, \beta = 0` is the reference rule; it conserves relevance
+    wherever :math:`z^+ \ne 0`. A unit without positive contributions
+    (:math:`z^+ = 0`) passes nothing on: every product it would weigh is 0.
 
-    The rule keeps ``[W, |W|]`` of each weight it has seen (recomputed when the
-    weight changes in place, dropped when the weight is freed): one product per
-    backward instead of two, and no ``|W|`` per call.
+    The rule keeps ``2 [W+, W-]`` and ``|W|`` of each weight it has seen (recomputed
+    when the weight changes in place, dropped when the weight is freed).
+    :math:`z^\pm` then costs one product more than the forward pass, since
+    :math:`x W^T \pm |x| |W|^T = 2 z^\pm`, and :math:`(S W^+, S W^-)` one product:
+    :math:`(S / 2) (2 W^\pm)` is the same float, as scaling by 2 is exact.
 
     Example::
 
@@ -95,47 +95,52 @@ class AlphaBetaRule(LinearRule):
         if alpha - beta != 1:
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
-        self._spreads: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+        self._splits: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
-    def _spread(self, weight: Tensor) -> Tensor:
-        """``[W, |W|]`` ``(out, 2 in)`` in float32 or wider, cached per weight tensor."""
+    def _split(self, weight: Tensor) -> Tensor:
+        """``[2 W+, 2 W-, |W|]`` ``(out, 3 in)`` in float32 or wider, cached per weight tensor."""
         key = id(weight)
-        cached = self._spreads.get(key)
+        cached = self._splits.get(key)
         if cached is not None and cached[0]() is weight and cached[1] == weight._version:
             return cached[2]
         wide = _wide(weight.detach())
-        spread = torch.cat([wide, wide.abs()], dim=1)
+        split = torch.cat([wide.clamp(min=0).mul_(2), wide.clamp(max=0).mul_(2), wide.abs()], dim=1)
         if cached is None:
-            weakref.finalize(weight, self._spreads.pop, key, None)
-        self._spreads[key] = (weakref.ref(weight), weight._version, spread)
-        return spread
+            weakref.finalize(weight, self._splits.pop, key, None)
+        self._splits[key] = (weakref.ref(weight), weight._version, split)
+        return split
 
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
-        spread = self._spread(weight)
-        in_features = weight.shape[1]
+        split = self._split(weight)
+        n = weight.shape[1]
+        twice_signs, abs_w = split[:, : 2 * n], split[:, 2 * n :]
         x, relevance = _wide(x), _wide(relevance)
-        abs_x, abs_w = x.abs(), spread[:, in_features:]
-        # x W^T = z+ + z-  and  |x| |W|^T = z+ - z-: one product more than the
-        # forward gives both; twice_pos = 2 z+, twice_neg = 2 z-
-        unsigned = F.linear(abs_x, abs_w, None if bias is None else -_wide(bias))  # |x| |W|^T - b
-        signed = _wide(output)  # x W^T + b
-        # x+ (S W+) + x- (S W-) = (x (S W) + |x| (S |W|)) / 2, and with the signs swapped for z-;
-        # with S' = S / 2 (relevance over 2 z) the halving disappears
+        buffer = x.abs()
+        # (x W^T + b) + (|x| |W|^T - b) = 2 z+  and  (x W^T + b) - (|x| |W|^T - b) - 2 b = 2 z-
+        unsigned = F.linear(buffer, abs_w, None if bias is None else -_wide(bias))
+        signed = _wide(output)
+        # (factor, (S W+, S W-), the half that x+ takes), from S / 2 = R / (2 z ± 2 eps)
+        terms = []
+        if self.beta:
+            twice_bias = 0 if bias is None else 2 * _wide(bias)
+            twice_neg = (signed - unsigned - twice_bias).clamp_(max=0).sub_(2 * self.stabilizer)
+            terms.append((-self.beta, torch.div(relevance, twice_neg, out=twice_neg) @ twice_signs, slice(n, None)))
+        if self.alpha:
+            twice_pos = unsigned.add_(signed).clamp_(min=0).add_(2 * self.stabilizer)
+            terms.append((self.alpha, torch.div(relevance, twice_pos, out=twice_pos) @ twice_signs, slice(None, n)))
+        if not terms:
+            return torch.zeros_like(x)
+        # x+ takes S+ W+ and S- W-; x- the other halves (x+ and x- in turn in |x|'s buffer)
+        pos_x = torch.clamp(x, min=0, out=buffer)
+        parts = [both[..., half].mul_(pos_x) for _, both, half in terms]
+        neg_x = torch.clamp(x, max=0, out=buffer)
         result = None
-        for factor, sign in ((self.alpha, 1.0), (-self.beta, -1.0)):
-            if factor == 0:
-                continue
-            if sign > 0:
-                twice = signed + unsigned if self.beta else unsigned.add_(signed)  # 2 z+ >= 0
-                s = _divide_nonnegative(relevance, twice, 2 * self.stabilizer)
-            else:
-                bias_twice = 0 if bias is None else 2 * _wide(bias)
-                s = safe_divide(relevance, signed - unsigned - bias_twice, 2 * self.stabilizer)  # 2 z- <= 0
-            both = s @ spread  # (S W, S |W|)
-            part = both[..., :in_features].mul_(x).addcmul_(abs_x, both[..., in_features:], value=sign)
+        for (factor, both, half), part in zip(terms, parts):
+            other = slice(n, None) if half.start is None else slice(None, n)
+            part = part.addcmul_(both[..., other], neg_x)
             part = part if factor == 1 else part.mul_(factor)
             result = part if result is None else result.add_(part)
-        return result if result is not None else torch.zeros_like(x)
+        return result
 
     def __repr__(self) -> str:
         return f"AlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g})"
@@ -205,14 +210,12 @@ class NormalizedAddRule(AddRule):
         s = safe_divide(relevance, _wide(output), self.stabilizer)
         ra = (_wide(a) * s).sum_to_size(a.shape)
         rb = (_wide(b) * s).sum_to_size(b.shape)
-        total = _per_example(relevance)
-        sa, sb = _per_example(ra), _per_example(rb)
-        share = sa.abs() + sb.abs()
-        fa = safe_divide(sa.abs(), share, self.stabilizer) * total
-        fb = safe_divide(sb.abs(), share, self.stabilizer) * total
-        return ra * _expand(safe_divide(fa, sa, self.stabilizer), ra), rb * _expand(
-            safe_divide(fb, sb, self.stabilizer), rb
-        )
+        sums = torch.stack(torch.broadcast_tensors(_per_example(ra), _per_example(rb)))  # (2, batch)
+        shares = sums.abs()
+        # safe_divide twice, without the masks: where a denominator is 0, so is the numerator
+        targets = shares / shares.sum(0).add_(self.stabilizer) * _per_example(relevance)
+        fa, fb = targets.div_(shares.add_(self.stabilizer).copysign_(sums))
+        return _rescaled(ra, fa), _rescaled(rb, fb)
 
     def __repr__(self) -> str:
         return "NormalizedAddRule()"
@@ -244,6 +247,14 @@ class ProductRule:
 
     def __repr__(self) -> str:
         return f"ProductRule(share={self.share:g})"
+
+
+def _rescaled(relevance: Tensor, per_example: Tensor) -> Tensor:
+    """``relevance`` (fresh) times a factor per example, in place unless it broadcasts."""
+    factor = _expand(per_example, relevance)
+    if relevance.dim() > 1 and relevance.shape[0] != per_example.shape[0]:
+        return relevance * factor  # e.g. one operand shared by the whole batch
+    return relevance.mul_(factor)
 
 
 def _per_example(tensor: Tensor) -> Tensor:
