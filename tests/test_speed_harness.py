@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from transformers import BertConfig, BertForSequenceClassification
 
-from benchmarks.speed import failures, gradient_floor, table
+from benchmarks.speed import explainer_for, failures, gradient_floor, table
+from captum_attcat import MaskLRP, TransAtt
 
 from conftest import padded_batch, tiny_bert
 
@@ -30,3 +32,13 @@ def test_budgets_are_checked():
     assert failures([result]) == ["CAT at batch 32: 1.40x > 1.3x", "AttCAT vs IG at batch 32: 16.7x < 25x"]
     text = table([result])
     assert "| CAT | <= 1.3x | 1.4000 / 1.40x |" in text and "batch 32: 16.7x" in text
+
+
+def test_mask_lrp_is_measured_with_the_minilm_head_mask():
+    """MaskLRP without a mask would be TransAtt; the harness gives it the 3 heads found for MiniLM."""
+    config = BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=32, num_labels=2)
+    model = BertForSequenceClassification(config).eval()
+    explainer = explainer_for(MaskLRP, model)
+    assert explainer.head_mask.shape == (6, 12) and int(explainer.head_mask.tensor().sum()) == 3
+    assert isinstance(explainer_for(TransAtt, model), TransAtt)

@@ -52,6 +52,7 @@ class RelevancePass:
         attention_grads: their gradients, if asked for.
         attention_relevance: their relevance ``R_A``.
         input_relevance: relevance at the encoder input ``(batch, seq, hidden)``, if asked for.
+        recorder: the attention recorder of the pass (what it kept, e.g. for MaskLRP).
     """
 
     inputs: Tensor
@@ -62,6 +63,7 @@ class RelevancePass:
     attention_grads: list[Tensor] = field(default_factory=list)
     attention_relevance: list[Tensor] = field(default_factory=list)
     input_relevance: Tensor | None = None
+    recorder: AttentionRecorder | None = None
 
 
 class LRPAttribution(TransformerAttribution):
@@ -139,6 +141,7 @@ class LRPAttribution(TransformerAttribution):
             attention_grads=list(grads),
             attention_relevance=relevance[: len(blocks)],
             input_relevance=relevance[len(blocks)] if input_relevance else None,
+            recorder=recorder,
         )
 
 

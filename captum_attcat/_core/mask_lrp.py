@@ -48,20 +48,27 @@ class HeadMaskedProduct:
     def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
         ra, rb = self.base.relevance(a, b, output, relevance)
         self.received[self.block] = ra / self.base.share
-        keep = self.keep.to(ra.dtype).view(1, -1, 1, 1)
-        kept_a, kept_b = ra * keep, rb * keep
         if self.renormalize:
-            before = (ra.flatten(1).sum(1) + rb.flatten(1).sum(1))
-            after = (kept_a.flatten(1).sum(1) + kept_b.flatten(1).sum(1))
+            before = ra.flatten(1).sum(1) + rb.flatten(1).sum(1)
+        keep = self.keep.to(ra.dtype).view(1, -1, 1, 1)
+        kept_a, kept_b = ra.mul_(keep), rb.mul_(keep)
+        if self.renormalize:
+            after = kept_a.flatten(1).sum(1) + kept_b.flatten(1).sum(1)
             scale = torch.where(after != 0, before / torch.where(after != 0, after, 1), 0).view(-1, 1, 1, 1)
-            kept_a, kept_b = kept_a * scale, kept_b * scale
+            kept_a, kept_b = kept_a.mul_(scale), kept_b.mul_(scale)
         return kept_a, kept_b
 
 
 class _MaskedRecorder(AttentionRecorder):
-    def __init__(self, modules: Sequence[Module], propagation: Propagation, rules: list) -> None:
+    """Records the attention probabilities and gives each block's ``A V`` its
+    :class:`HeadMaskedProduct` rule; ``received`` collects what each ``A`` received."""
+
+    def __init__(self, modules: Sequence[Module], propagation: Propagation, keep: Tensor, base: Any,
+                 renormalize: bool) -> None:
         super().__init__(modules, keep_graph=True)
-        self.propagation, self.rules = propagation, rules
+        self.propagation = propagation
+        self.received: list[Tensor | None] = [None] * len(modules)
+        self.rules = [HeadMaskedProduct(base, keep[b], b, self.received, renormalize) for b in range(len(modules))]
 
     def on_probabilities(self, block: int, probs: Tensor) -> Tensor:
         probs = super().on_probabilities(block, probs)
@@ -115,19 +122,12 @@ class MaskLRP(LRPAttribution):
             )
         self.head_mask = head_mask
         self.renormalize = renormalize
-        self._received: list[Tensor | None] = []
 
     def _attention_recorder(self, propagation: Propagation) -> AttentionRecorder:
         modules = self.adapter.attention_modules
         if self.head_mask is None:
             return super()._attention_recorder(propagation)
-        self._received = [None] * len(modules)
-        keep = self.head_mask.tensor()
-        rules = [
-            HeadMaskedProduct(self.rules.product, keep[b], b, self._received, self.renormalize)
-            for b in range(len(modules))
-        ]
-        return _MaskedRecorder(modules, propagation, rules)
+        return _MaskedRecorder(modules, propagation, self.head_mask.tensor(), self.rules.product, self.renormalize)
 
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
@@ -146,7 +146,8 @@ class MaskLRP(LRPAttribution):
             heads = run.attentions[0].shape[1]
             if self.head_mask.shape[1] != heads:
                 raise ValueError(f"the head mask has {self.head_mask.shape[1]} heads per block but the model has {heads}")
-            relevance = [r if r is not None else torch.zeros_like(a) for r, a in zip(self._received, run.attentions)]
+            received = run.recorder.received  # type: ignore[union-attr]
+            relevance = [r if r is not None else torch.zeros_like(a) for r, a in zip(received, run.attentions)]
         else:
             relevance = run.attention_relevance
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, relevance)]
