@@ -147,9 +147,9 @@ def _live_rows(grad: Tensor) -> Tensor | None:
     # (a row is live when the sum of its absolute values is not 0)
     flat_index, index = _sample_rows(lead)
     sample = grad.reshape(-1, grad.shape[-1]).index_select(0, flat_index) if grad.is_contiguous() else grad[index]
-    if 2 * int(torch.count_nonzero(sample.abs().sum(-1))) > _SAMPLE:
+    if 2 * int(torch.count_nonzero(torch.linalg.vector_norm(sample, 1, dim=-1))) > _SAMPLE:
         return None
-    live = grad.reshape(-1, grad.shape[-1]).abs().sum(-1)
+    live = torch.linalg.vector_norm(grad.reshape(-1, grad.shape[-1]), 1, dim=-1)  # no tensor of grad's size
     rows = live.nonzero()[:, 0]
     return None if 2 * rows.shape[0] > live.shape[0] else rows
 
