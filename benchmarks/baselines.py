@@ -44,7 +44,13 @@ def _args_of(input_ids: torch.Tensor, additional_forward_args: Any) -> tuple[tor
     return args[0], (args[1] if len(args) > 1 else None)
 
 
-def _types(token_type_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def token_type_kwargs(token_type_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``{"token_type_ids": ...}`` for a model call, or nothing for single sentences.
+
+    Example::
+
+        >>> model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types))  # doctest: +SKIP
+    """
     return {} if token_type_ids is None else {"token_type_ids": token_type_ids}
 
 
@@ -64,7 +70,7 @@ class _EmbeddingMethod:
 
     def _forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                         token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, **_types(token_type_ids)).logits
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, **token_type_kwargs(token_type_ids)).logits
 
     def _grad_scores(self, method: Any, input_ids: torch.Tensor, target: Any, additional_forward_args: Any
                      ) -> torch.Tensor:
@@ -108,7 +114,7 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
 
     def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **_types(token_type_ids)).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **token_type_kwargs(token_type_ids)).logits
 
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .baselines import BASELINES
+from .baselines import BASELINES, token_type_kwargs
 from .data import VENDORED_DIR, Examples, encode_batches, load_file, load_task, model_max_length
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
@@ -128,8 +128,7 @@ def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol,
         pairs = b.token_type_ids is not None and bool(b.token_type_ids.any())
         types = b.token_type_ids if pairs else None
         with torch.no_grad():
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                           **({"token_type_ids": types} if pairs else {})).logits
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, **token_type_kwargs(types)).logits
         keep = protocol.keep(task, b.attention_mask, b.labels, logits)
         if not keep.any():
             continue
@@ -201,7 +200,7 @@ def evaluate_methods(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
-        return model(input_ids=ids, attention_mask=mask, **({} if types is None else {"token_type_ids": types})).logits
+        return model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)).logits
 
     results: list[MethodResult] = []
     for name, cls in methods.items():

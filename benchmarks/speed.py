@@ -107,7 +107,7 @@ def _time(fn: Callable[[], object]) -> float:
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "median": statistics.median}
 
 
-def measure(batch_size: int, seq_len: int = 64, repeats: int = 7, ig_repeats: int = 2,
+def measure(batch_size: int, seq_len: int = 64, repeats: int = 9, ig_repeats: int = 2,
             statistic: str = "min") -> dict:
     """Seconds of the floor, each registered method and IG (``statistic`` of the repeats,
     every repeat kept too), and their ratios to the floor."""

@@ -34,6 +34,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -145,7 +147,7 @@ def _live_rows(grad: Tensor) -> Tensor | None:
         return None
     # a cheap look at 16 scattered rows first: mostly live means use the whole tensor
     # (a row is live when the sum of its absolute values is not 0)
-    flat_index, index = _sample_rows(lead)
+    flat_index, index = _sample_rows(tuple(lead))
     sample = grad.reshape(-1, grad.shape[-1]).index_select(0, flat_index) if grad.is_contiguous() else grad[index]
     if 2 * int(torch.count_nonzero(torch.linalg.vector_norm(sample, 1, dim=-1))) > _SAMPLE:
         return None
@@ -155,18 +157,15 @@ def _live_rows(grad: Tensor) -> Tensor | None:
 
 
 _SAMPLE = 16
-_SAMPLES: dict[tuple[int, ...], tuple[Tensor, tuple[Tensor, ...]]] = {}
 
 
-def _sample_rows(lead: torch.Size) -> tuple[Tensor, tuple[Tensor, ...]]:
+@functools.lru_cache(maxsize=64)
+def _sample_rows(lead: tuple[int, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
     """16 rows spread over a tensor with leading dimensions ``lead`` (a prime stride, so
     that they do not fall on the same position of every example), as flat indices and as
-    one index per dimension; cached."""
-    key = tuple(lead)
-    if key not in _SAMPLES:
-        flat = torch.arange(1, _SAMPLE + 1) * 7919 % lead.numel()
-        _SAMPLES[key] = flat, torch.unravel_index(flat, key)
-    return _SAMPLES[key]
+    one index per dimension."""
+    flat = torch.arange(1, _SAMPLE + 1) * 7919 % math.prod(lead)
+    return flat, torch.unravel_index(flat, lead)
 
 
 class _Elementwise(Function):

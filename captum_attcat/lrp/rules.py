@@ -119,25 +119,27 @@ class AlphaBetaRule(LinearRule):
         # (x W^T + b) + (|x| |W|^T - b) = 2 z+  and  (x W^T + b) - (|x| |W|^T - b) - 2 b = 2 z-
         unsigned = F.linear(buffer, abs_w, None if bias is None else -_wide(bias))
         signed = _wide(output)
-        # (factor, (S W+, S W-), the half that x+ takes), from S / 2 = R / (2 z ± 2 eps)
+        # (factor, what x+ takes, what x- takes), from S / 2 = R / (2 z ± 2 eps):
+        # S+ W+ and S+ W- for alpha, S- W- and S- W+ for beta
         terms = []
         if self.beta:
             twice_bias = 0 if bias is None else 2 * _wide(bias)
             twice_neg = (signed - unsigned - twice_bias).clamp_(max=0).sub_(2 * self.stabilizer)
-            terms.append((-self.beta, torch.div(relevance, twice_neg, out=twice_neg) @ twice_signs, slice(n, None)))
+            both = torch.div(relevance, twice_neg, out=twice_neg) @ twice_signs
+            terms.append((-self.beta, both[..., n:], both[..., :n]))
         if self.alpha:
             twice_pos = unsigned.add_(signed).clamp_(min=0).add_(2 * self.stabilizer)
-            terms.append((self.alpha, torch.div(relevance, twice_pos, out=twice_pos) @ twice_signs, slice(None, n)))
+            both = torch.div(relevance, twice_pos, out=twice_pos) @ twice_signs
+            terms.append((self.alpha, both[..., :n], both[..., n:]))
         if not terms:
             return torch.zeros_like(x)
-        # x+ takes S+ W+ and S- W-; x- the other halves (x+ and x- in turn in |x|'s buffer)
+        # x+ and x- in turn in |x|'s buffer
         pos_x = torch.clamp(x, min=0, out=buffer)
-        parts = [both[..., half].mul_(pos_x) for _, both, half in terms]
+        parts = [for_pos.mul_(pos_x) for _, for_pos, _ in terms]
         neg_x = torch.clamp(x, max=0, out=buffer)
         result = None
-        for (factor, both, half), part in zip(terms, parts):
-            other = slice(n, None) if half.start is None else slice(None, n)
-            part = part.addcmul_(both[..., other], neg_x)
+        for (factor, _, for_neg), part in zip(terms, parts):
+            part = part.addcmul_(for_neg, neg_x)
             part = part if factor == 1 else part.mul_(factor)
             result = part if result is None else result.add_(part)
         return result
