@@ -34,10 +34,13 @@ def _double(*shape, seed=0):
 
 
 def test_safe_divide():
-    numerator = torch.tensor([1.0, 1.0, 1.0, 2.0])
-    denominator = torch.tensor([0.0, 1e-9, -1e-9, 4.0], dtype=torch.float64)
-    result = safe_divide(numerator.double(), denominator)
-    assert result.tolist() == [0.0, 1 / 2e-9, -1 / 2e-9, 2 / (4 + 1e-9)]
+    """The reference divides by ``b + 1e-9`` whatever the sign of ``b``, 0 where ``b`` is 0;
+    a denominator the stabiliser cancels gives 0, not inf. ``signed`` stabilises away from 0."""
+    numerator = torch.tensor([1.0, 1.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+    denominator = torch.tensor([0.0, 1e-9, -1e-9, 4.0, -3.0], dtype=torch.float64)
+    assert safe_divide(numerator, denominator).tolist() == [0.0, 1 / 2e-9, 0.0, 2 / (4 + 1e-9), 3 / (-3 + 1e-9)]
+    signed = safe_divide(numerator, denominator, signed=True)
+    assert signed.tolist() == [0.0, 1 / 2e-9, -1 / 2e-9, 2 / (4 + 1e-9), 3 / (-3 - 1e-9)]
 
 
 def test_alpha_beta_matches_the_sign_split_formula_and_conserves():
@@ -57,10 +60,12 @@ def test_alpha_beta_matches_the_sign_split_formula_and_conserves():
     positive = F.linear(px, pw) + F.linear(nx, nw)
     assert (positive == 0).any()  # this draw has some
     torch.testing.assert_close(got.sum(-1), (relevance * (positive > 0)).sum(-1), rtol=1e-7, atol=0)
-    two_one = AlphaBetaRule(alpha=2, beta=1).relevance(x, weight, bias, output, relevance)
-    inhibitor = relevance / (F.linear(px, nw) + F.linear(nx, pw) - 1e-9)
-    expected = 2 * split(pw, nw) - (px * (inhibitor @ nw) + nx * (inhibitor @ pw))
-    torch.testing.assert_close(two_one, expected, rtol=1e-10, atol=1e-10)
+    negative = F.linear(px, nw) + F.linear(nx, pw)
+    for signed, stabilizer in ((False, 1e-9), (True, -1e-9)):  # z- + eps as the reference, or z- - eps
+        two_one = AlphaBetaRule(alpha=2, beta=1, signed=signed).relevance(x, weight, bias, output, relevance)
+        inhibitor = (relevance / (negative + stabilizer)) * (negative != 0)
+        expected = 2 * split(pw, nw) - (px * (inhibitor @ nw) + nx * (inhibitor @ pw))
+        torch.testing.assert_close(two_one, expected, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="alpha - beta must be 1"):
         AlphaBetaRule(alpha=1, beta=1)
 

@@ -91,7 +91,8 @@ def _repeat_kv(query: Tensor, states: Tensor) -> Tensor:
 def attention_probabilities(
     query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None = None
 ) -> Tensor:
-    """``softmax(Q K^T * scaling + mask)`` over keys, ``(batch, heads, queries, keys)``."""
+    """``softmax(Q K^T * scaling + mask)`` over keys, ``(batch, heads, queries, keys)``,
+    computed in float32 or the query's dtype if wider."""
     key = _repeat_kv(query, key)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
@@ -99,7 +100,8 @@ def attention_probabilities(
     attention_mask = additive_mask(attention_mask, scores.dtype)
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # float32 for half precision (as most eager implementations), the model's own dtype otherwise
+    return torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
 
 
 class AttentionHandler:

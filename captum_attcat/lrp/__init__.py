@@ -18,6 +18,8 @@ from .rules import (
     LRPRules,
     NormalizedAddRule,
     ProductRule,
+    SplitAlphaBetaRule,
+    ZAddRule,
     safe_divide,
 )
 
@@ -34,5 +36,7 @@ __all__ = [
     "Propagation",
     "activation_modules",
     "lrp_forward",
+    "SplitAlphaBetaRule",
+    "ZAddRule",
     "safe_divide",
 ]

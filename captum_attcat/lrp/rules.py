@@ -42,15 +42,28 @@ from torch.nn import Module
 STABILIZER = 1e-9
 
 
-def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STABILIZER) -> Tensor:
-    """``numerator / (denominator ± stabilizer)`` (the sign of the denominator),
-    and exactly 0 where the denominator is 0."""
-    stabilized = denominator.abs().add_(stabilizer).copysign_(denominator)
+def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STABILIZER,
+                signed: bool = False) -> Tensor:
+    """``numerator / (denominator + stabilizer)`` whatever the sign of the denominator, as
+    the reference code divides, and exactly 0 where the denominator is 0 (or where the
+    stabilised one is). ``signed=True`` stabilises away from zero instead,
+    ``denominator ± stabilizer`` with the denominator's sign.
+
+    Example::
+
+        >>> safe_divide(torch.tensor([1.0, 1.0]), torch.tensor([0.0, -2.0]))
+        tensor([ 0.0000, -0.5000])
+    """
+    if signed:
+        stabilized = denominator.abs().add_(stabilizer).copysign_(denominator)
+    else:
+        stabilized = denominator + stabilizer
+    zero = (denominator == 0) if signed else (denominator == 0) | (stabilized == 0)
     if numerator.shape == stabilized.shape and numerator.dtype == stabilized.dtype:
         quotient = torch.div(numerator, stabilized, out=stabilized)
     else:
         quotient = numerator / stabilized
-    return quotient.masked_fill_(denominator == 0, 0)
+    return quotient.masked_fill_(zero, 0)
 
 
 def _wide(tensor: Tensor) -> Tensor:
@@ -75,7 +88,7 @@ class AlphaBetaRule(LinearRule):
     With :math:`z^+ = x^+ W^{+T} + x^- W^{-T}` (the positive contributions) and
     :math:`z^- = x^+ W^{-T} + x^- W^{+T}`,
     :math:`R_x = \alpha [x^+ (S^+ W^+) + x^- (S^+ W^-)] - \beta [x^+ (S^- W^-) + x^- (S^- W^+)]`,
-    :math:`S^\pm = R / (z^\pm \pm \epsilon)`. The default
+    :math:`S^\pm = R / (z^\pm + \epsilon)` (``signed=True``: :math:`z^\pm \pm \epsilon`). The default
     :math:`\alpha = 1, \beta = 0` is the reference rule; it conserves relevance
     wherever :math:`z^+ \ne 0`. A unit without positive contributions
     (:math:`z^+ = 0`) passes nothing on: every product it would weigh is 0.
@@ -91,10 +104,11 @@ class AlphaBetaRule(LinearRule):
         >>> AlphaBetaRule(alpha=2.0, beta=1.0)
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.0, stabilizer: float = STABILIZER) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, stabilizer: float = STABILIZER,
+                 signed: bool = False) -> None:
         if alpha - beta != 1:
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
-        self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
+        self.alpha, self.beta, self.stabilizer, self.signed = alpha, beta, stabilizer, signed
         self._splits: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
     def _split(self, weight: Tensor) -> Tensor:
@@ -119,13 +133,13 @@ class AlphaBetaRule(LinearRule):
         # (x W^T + b) + (|x| |W|^T - b) = 2 z+  and  (x W^T + b) - (|x| |W|^T - b) - 2 b = 2 z-
         unsigned = F.linear(buffer, abs_w, None if bias is None else -_wide(bias))
         signed = _wide(output)
-        # (factor, what x+ takes, what x- takes), from S / 2 = R / (2 z ± 2 eps):
+        # (factor, what x+ takes, what x- takes), from S / 2 = R / (2 z + 2 eps) (z- - eps if signed):
         # S+ W+ and S+ W- for alpha, S- W- and S- W+ for beta
         terms = []
         if self.beta:
             twice_bias = 0 if bias is None else 2 * _wide(bias)
-            twice_neg = (signed - unsigned - twice_bias).clamp_(max=0).sub_(2 * self.stabilizer)
-            both = torch.div(relevance, twice_neg, out=twice_neg) @ twice_signs
+            twice_neg = (signed - unsigned - twice_bias).clamp_(max=0)
+            both = safe_divide(relevance, twice_neg, 2 * self.stabilizer, self.signed) @ twice_signs
             terms.append((-self.beta, both[..., n:], both[..., :n]))
         if self.alpha:
             twice_pos = unsigned.add_(signed).clamp_(min=0).add_(2 * self.stabilizer)
@@ -145,7 +159,40 @@ class AlphaBetaRule(LinearRule):
         return result
 
     def __repr__(self) -> str:
-        return f"AlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g})"
+        signed = ", signed=True" if self.signed else ""
+        return f"AlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g}{signed})"
+
+
+class SplitAlphaBetaRule(LinearRule):
+    r"""The older alpha-beta rule of Chefer et al.'s code (their "orig" LRP layers): the
+    contributions of :math:`x^+` and of :math:`x^-` are each divided by their own sum,
+    :math:`R_x = \alpha [x^+ ((R / z_1) W^+) + x^- ((R / z_2) W^-)] - \beta [\dots]`,
+    :math:`z_1 = x^+ W^{+T}`, :math:`z_2 = x^- W^{-T}`, bias ignored. It does not
+    conserve relevance (each half passes all of it on); kept to reproduce their vectors.
+
+    Example::
+
+        >>> LRPRules.original()  # this rule, the plain z-rule on sums, halved products
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, stabilizer: float = STABILIZER) -> None:
+        if alpha - beta != 1:
+            raise ValueError(f"alpha - beta must be 1; got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
+
+    def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
+        x, weight, relevance = _wide(x), _wide(weight.detach()), _wide(relevance)
+        halves = (x.clamp(min=0), x.clamp(max=0))
+        signs = (weight.clamp(min=0), weight.clamp(max=0))
+        result = torch.zeros_like(x)
+        for factor, weights in ((self.alpha, signs), (-self.beta, signs[::-1])):
+            if factor:
+                for half, w in zip(halves, weights):
+                    result += factor * half * (safe_divide(relevance, F.linear(half, w), self.stabilizer) @ w)
+        return result
+
+    def __repr__(self) -> str:
+        return f"SplitAlphaBetaRule(alpha={self.alpha:g}, beta={self.beta:g})"
 
 
 class EpsilonRule(LinearRule):
@@ -161,7 +208,7 @@ class EpsilonRule(LinearRule):
         self.epsilon = epsilon
 
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
-        s = safe_divide(_wide(relevance), _wide(output), self.epsilon)
+        s = safe_divide(_wide(relevance), _wide(output), self.epsilon, signed=True)
         return _wide(x) * (s @ _wide(weight))
 
     def __repr__(self) -> str:
@@ -202,25 +249,48 @@ class NormalizedAddRule(AddRule):
 
     The reference code normalises over the whole batch; here every example
     (first dimension) is normalised alone, so results do not depend on the batch.
+    Every division adds the stabiliser as the reference does (``signed=True``: away
+    from zero, with the denominator's sign).
+    """
+
+    def __init__(self, stabilizer: float = STABILIZER, signed: bool = False) -> None:
+        self.stabilizer, self.signed = stabilizer, signed
+
+    def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
+        relevance = _wide(relevance)
+        s = safe_divide(relevance, _wide(output), self.stabilizer, self.signed)
+        ra = (_wide(a) * s).sum_to_size(a.shape)
+        rb = (_wide(b) * s).sum_to_size(b.shape)
+        sums = torch.stack(torch.broadcast_tensors(_per_example(ra), _per_example(rb)))  # (2, batch)
+        shares = sums.abs()
+        # the shares' sum needs no mask: where it is 0, so is every share
+        targets = shares / shares.sum(0).add_(self.stabilizer) * _per_example(relevance)
+        fa, fb = safe_divide(targets, sums, self.stabilizer, self.signed)
+        return _rescaled(ra, fa), _rescaled(rb, fb)
+
+    def __repr__(self) -> str:
+        return "NormalizedAddRule(signed=True)" if self.signed else "NormalizedAddRule()"
+
+
+class ZAddRule(AddRule):
+    r"""The plain z-rule on both operands, :math:`R_a = a \odot R / z`,
+    :math:`R_b = b \odot R / z`, without rescaling (Chefer et al.'s older rules; the
+    total is conserved only where no element mixes signs).
+
+    Example::
+
+        >>> LRPRules(add=ZAddRule())
     """
 
     def __init__(self, stabilizer: float = STABILIZER) -> None:
         self.stabilizer = stabilizer
 
     def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
-        relevance = _wide(relevance)
-        s = safe_divide(relevance, _wide(output), self.stabilizer)
-        ra = (_wide(a) * s).sum_to_size(a.shape)
-        rb = (_wide(b) * s).sum_to_size(b.shape)
-        sums = torch.stack(torch.broadcast_tensors(_per_example(ra), _per_example(rb)))  # (2, batch)
-        shares = sums.abs()
-        # safe_divide twice, without the masks: where a denominator is 0, so is the numerator
-        targets = shares / shares.sum(0).add_(self.stabilizer) * _per_example(relevance)
-        fa, fb = targets.div_(shares.add_(self.stabilizer).copysign_(sums))
-        return _rescaled(ra, fa), _rescaled(rb, fb)
+        s = safe_divide(_wide(relevance), _wide(output), self.stabilizer)
+        return (_wide(a) * s).sum_to_size(a.shape), (_wide(b) * s).sum_to_size(b.shape)
 
     def __repr__(self) -> str:
-        return "NormalizedAddRule()"
+        return "ZAddRule()"
 
 
 class ProductRule:
@@ -228,19 +298,20 @@ class ProductRule:
     z-rule to each operand, :math:`R_a = a \odot ((R/z) b^T)` and
     :math:`R_b = b \odot (a^T (R/z))`, each multiplied by ``share``
     (0.5, "halved", in the reference code, so that the two together conserve
-    relevance).
+    relevance). :math:`R/z` adds the stabiliser as the reference does
+    (``signed=True``: away from zero).
 
     Example::
 
         >>> LRPRules(product=ProductRule(share=0.5))
     """
 
-    def __init__(self, share: float = 0.5, stabilizer: float = STABILIZER) -> None:
-        self.share, self.stabilizer = share, stabilizer
+    def __init__(self, share: float = 0.5, stabilizer: float = STABILIZER, signed: bool = False) -> None:
+        self.share, self.stabilizer, self.signed = share, stabilizer, signed
 
     def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
         wa, wb = _wide(a), _wide(b)
-        s = safe_divide(_wide(relevance), _wide(output), self.stabilizer)
+        s = safe_divide(_wide(relevance), _wide(output), self.stabilizer, self.signed)
         if self.share != 1:
             s = s.mul_(self.share)
         ra = (s @ wb.transpose(-1, -2)).sum_to_size(a.shape).mul_(wa)
@@ -248,7 +319,8 @@ class ProductRule:
         return ra, rb
 
     def __repr__(self) -> str:
-        return f"ProductRule(share={self.share:g})"
+        signed = ", signed=True" if self.signed else ""
+        return f"ProductRule(share={self.share:g}{signed})"
 
 
 def _rescaled(relevance: Tensor, per_example: Tensor) -> Tensor:
@@ -306,6 +378,19 @@ class LRPRules:
                     "`modules` maps modules with a `weight` (linear layers) to LinearRule objects; "
                     f"got {type(module).__name__} -> {type(rule).__name__}"
                 )
+
+    @classmethod
+    def original(cls) -> "LRPRules":
+        """The older rule set of Chefer et al.'s code (their ``BERT_orig_lrp``):
+        :class:`SplitAlphaBetaRule` on linear layers, :class:`ZAddRule` on sums, halved
+        products. It does not conserve relevance; the reference vectors keyed
+        ``(orig-rules)`` come from it.
+
+        Example::
+
+            >>> TransformerLRP(model, rules=LRPRules.original())
+        """
+        return cls(linear=SplitAlphaBetaRule(), add=ZAddRule())
 
     def linear_rule_for(self, weight: Tensor) -> LinearRule:
         """The rule of the linear layer whose weight is ``weight``."""
