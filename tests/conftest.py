@@ -1,9 +1,11 @@
-"""Shared fixtures: the reference case and tiny Hugging Face models built from configs."""
+"""Shared fixtures and helpers: the reference case, tiny Hugging Face models built from
+configs, every registered method as a test case, and the model-state snapshot."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -19,6 +21,8 @@ from transformers import (
     RobertaConfig,
     RobertaForSequenceClassification,
 )
+
+pytest_plugins = ["pytester"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference" / "bert_tiny_case1"
@@ -80,3 +84,94 @@ def padded_batch(lengths: list[int], vocab: int = 100, pad: int = 0, seed: int =
         ids[row, :length] = torch.randint(5, vocab, (length,), generator=generator)
         mask[row, :length] = 1
     return ids, mask
+
+
+# --- every method, as the guarantee tests run it ------------------------------------------
+
+
+def num_heads(model: torch.nn.Module) -> int:
+    config = model.config
+    for name in ("num_attention_heads", "n_heads", "n_head"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ValueError(f"no head count in {type(config).__name__}")
+
+
+def checkered_head_mask(model: torch.nn.Module) -> torch.Tensor:
+    """A ``(blocks, heads)`` keep-mask with half of the heads of every block."""
+    from captum_attcat import TransformerAdapter
+
+    blocks = len(TransformerAdapter.from_model(model).blocks)
+    return (torch.arange(blocks)[:, None] + torch.arange(num_heads(model))[None]) % 2 == 0
+
+
+#: constructor arguments of method variants the guarantee tests run besides each method's defaults
+METHOD_VARIANTS: dict[str, dict[str, Callable[[torch.nn.Module], dict]]] = {
+    "MaskLRP": {
+        "head_mask": lambda model: {"head_mask": checkered_head_mask(model)},
+        "renormalize": lambda model: {"head_mask": checkered_head_mask(model), "renormalize": True},
+    },
+}
+
+
+def method_cases() -> list[tuple[str, Callable[[torch.nn.Module], Any]]]:
+    """``(id, make(model) -> explainer)`` for every entry of ``METHODS`` as registered now
+    (so a method added later is covered without editing a list), plus the variants."""
+    from captum_attcat import METHODS
+
+    cases = []
+    for name, cls in sorted(METHODS.items()):
+        cases.append((name, lambda model, cls=cls: cls(model)))
+        for variant, arguments in METHOD_VARIANTS.get(name, {}).items():
+            cases.append((f"{name}[{variant}]", lambda model, cls=cls, a=arguments: cls(model, **a(model))))
+    return cases
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test asking for ``method_case`` runs once per entry of :func:`method_cases`."""
+    if "method_case" in metafunc.fixturenames:
+        cases = method_cases()
+        metafunc.parametrize("method_case", [make for _, make in cases], ids=[name for name, _ in cases])
+
+
+# --- the model is left exactly as it was -------------------------------------------------
+
+
+def snapshot(model: torch.nn.Module) -> dict:
+    """Everything an explanation must leave as it was: modes, flags, gradients, weights, hooks."""
+    return {
+        "modes": {name: m.training for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "grads": {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()},
+        "params": {name: p.detach().clone() for name, p in model.named_parameters()},
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            + len(m._forward_hooks_with_kwargs) + len(m._forward_pre_hooks_with_kwargs)
+            for m in model.modules()
+        ),
+        "forwards": sum("forward" in m.__dict__ for m in model.modules()),
+        "attn": model.config._attn_implementation,
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert after["modes"] == before["modes"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["hooks"] == before["hooks"] == 0
+    assert after["forwards"] == before["forwards"] == 0
+    assert after["attn"] == before["attn"]
+    for name, grad in before["grads"].items():
+        if grad is None:
+            assert after["grads"][name] is None, name
+        else:
+            assert torch.equal(after["grads"][name], grad), name
+    for name, value in before["params"].items():
+        assert torch.equal(after["params"][name], value), name
+
+
+def unusual_model() -> torch.nn.Module:
+    """Train mode, one frozen weight, one existing .grad: all must survive."""
+    model = tiny_bert(attn_implementation="sdpa").train()
+    model.bert.encoder.layer[0].attention.self.query.weight.requires_grad_(False)
+    model.classifier.weight.grad = torch.full_like(model.classifier.weight, 0.5)
+    return model

@@ -21,7 +21,6 @@ from captum_attcat.lrp import (
 )
 
 from conftest import padded_batch, tiny_bert, tiny_model
-from test_model_state import _assert_same, _snapshot, _unusual_model
 
 LRP_METHODS = [TransformerLRP, PartialLRP, TransAtt]
 
@@ -299,42 +298,6 @@ def test_lrp_forward_alone():
     assert relevance.shape == embeddings.shape and not torch.allclose(relevance, grad)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-
-
-# --- the model is left as it was --------------------------------------------------------
-
-
-ALL = ["RawAttention", "AttentionRollout", "AttentionGradient", "AttentionGradCAM", "GradSAM", "GAE",
-       "TransformerLRP", "PartialLRP", "TransAtt"]
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_state_restored_after_return_and_raise(name):
-    from captum_attcat import METHODS
-
-    method = METHODS[name]
-    model = _unusual_model()
-    ids, mask = padded_batch([6, 4])
-    before = _snapshot(model)
-    scores = method(model).attribute(ids, target=1, additional_forward_args=(mask,))
-    _assert_same(before, _snapshot(model))
-    with pytest.raises(ValueError, match="out of range"):
-        method(model).attribute(ids, target=7, additional_forward_args=(mask,))
-    _assert_same(before, _snapshot(model))
-    model.eval()  # the explanation ran in eval mode
-    torch.testing.assert_close(method(model).attribute(ids, target=1, additional_forward_args=(mask,)), scores)
-
-
-def test_inputs_left_unchanged():
-    model = tiny_bert()
-    ids, mask = padded_batch([6, 4])
-    embeddings = model.get_input_embeddings()(ids).detach()
-    copies = ids.clone(), mask.clone(), embeddings.clone()
-    for method in LRP_METHODS:
-        method(model).attribute(ids, target=1, additional_forward_args=(mask,))
-        method(model).attribute(embeddings, target=1, additional_forward_args=(mask,))
-    assert torch.equal(ids, copies[0]) and torch.equal(mask, copies[1]) and torch.equal(embeddings, copies[2])
-    assert not embeddings.requires_grad and embeddings.grad is None
 
 
 def test_captum_lrp_cannot_run_a_hugging_face_bert_but_this_engine_can():
