@@ -100,12 +100,19 @@ class InputXGradientEmbeddings(_EmbeddingMethod):
 
 
 class IntegratedGradientsEmbeddings(_EmbeddingMethod):
-    """Captum ``LayerIntegratedGradients`` on the word-embedding layer (``n_steps=50``)."""
+    """Captum ``LayerIntegratedGradients`` on the word-embedding layer (``n_steps=50``).
 
-    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = 256) -> None:
+    Captum expands a batch by the number of steps; ``internal_batch_size`` bounds the rows of
+    one pass, and ``max_tokens`` (when given) the rows times the width of the inputs, so that
+    long texts cost no more memory per pass than short ones.
+    """
+
+    def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = 256,
+                 max_tokens: int | None = None) -> None:
         super().__init__(model)
         self.n_steps = n_steps
         self.internal_batch_size = internal_batch_size
+        self.max_tokens = max_tokens
         cfg = model.config
         self.pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         self.keep_ids = [t for t in (getattr(cfg, "cls_token_id", None), getattr(cfg, "sep_token_id", None),
@@ -131,10 +138,13 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
         keep[torch.arange(input_ids.shape[0]), last] = True
         baseline = torch.where(keep, input_ids, baseline)
         lig = LayerIntegratedGradients(self._forward_ids, self.embeddings)
+        rows = self.internal_batch_size
+        if self.max_tokens is not None:
+            rows = max(1, min(rows or self.max_tokens, self.max_tokens // input_ids.shape[1]))
         attr = lig.attribute(input_ids, baselines=baseline, target=_target(target, input_ids.shape[0]),
                              additional_forward_args=(mask,) if types is None else (mask, types),
                              n_steps=self.n_steps,
-                             internal_batch_size=self.internal_batch_size)
+                             internal_batch_size=rows)
         return attr.sum(-1).detach() * mask
 
 

@@ -410,6 +410,29 @@ def model_max_length(tokenizer: Any, config: Any | None = None) -> int:
     return min(min(limits), 10**6)
 
 
+def token_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> Iterator[slice]:
+    """Consecutive slices of rows, each of at most ``batch_size`` rows and ``max_tokens``
+    tokens once padded to its longest row (a longer row goes alone). Rows sorted by length
+    waste the least padding.
+
+    Example::
+
+        >>> list(token_batches([2, 3, 3, 8], batch_size=8, max_tokens=9))
+        [slice(0, 3, None), slice(3, 4, None)]
+    """
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"batch size and token budget must be positive; got {batch_size} and {max_tokens}")
+    start, width = 0, 0
+    for i, length in enumerate(lengths):
+        wider = max(width, length)
+        if i > start and (i - start == batch_size or (max_tokens is not None and (i - start + 1) * wider > max_tokens)):
+            yield slice(start, i)
+            start, wider = i, length
+        width = wider
+    if start < len(lengths):
+        yield slice(start, len(lengths))
+
+
 def encode_batches(
     examples: Examples,
     tokenizer: Any,
@@ -417,15 +440,18 @@ def encode_batches(
     *,
     max_length: int | None = None,
     sort_by_length: bool = True,
+    max_tokens: int | None = None,
 ) -> Iterator[EncodedBatch]:
-    """Tokenize (truncating to ``max_length``) and yield dynamically padded batches.
+    """Tokenize (truncating to ``max_length``) and yield dynamically padded batches of at most
+    ``batch_size`` rows and, when given, ``max_tokens`` tokens once padded (a longer example
+    goes alone).
 
     With ``sort_by_length`` examples of similar length share a batch (less padding);
     ``EncodedBatch.indices`` says which examples each row is.
 
     Example::
 
-        >>> batches = list(encode_batches(dev, tokenizer, 16))  # doctest: +SKIP
+        >>> batches = list(encode_batches(dev, tokenizer, 16, max_tokens=4096))  # doctest: +SKIP
     """
     limit = max_length or model_max_length(tokenizer)
     enc = tokenizer(
@@ -438,8 +464,8 @@ def encode_batches(
     ttype: list[list[int]] | None = enc.get("token_type_ids")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if sort_by_length else list(range(len(ids)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for chunk in token_batches([len(ids[i]) for i in order], batch_size, max_tokens):
+        idx = order[chunk]
         width = max(len(ids[i]) for i in idx)
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)

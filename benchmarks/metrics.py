@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .data import token_batches
+
 __all__ = [
     "Perturbation",
     "ForwardFunc",
@@ -245,24 +247,6 @@ def _row_lengths(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, torch.zeros_like(pos)).max(1).values
 
 
-def _token_batches(sorted_lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[slice]:
-    """Consecutive slices of rows sorted by length, each of at most ``batch_size`` rows and
-    ``max_tokens`` tokens once padded to its longest row (a longer row goes alone).
-
-    Example::
-
-        >>> list(_token_batches([2, 3, 3, 8], batch_size=8, max_tokens=9))
-        [slice(0, 3, None), slice(3, 4, None)]
-    """
-    start = 0
-    for i, length in enumerate(sorted_lengths):
-        if i > start and (i - start == batch_size or (i - start + 1) * length > max_tokens):
-            yield slice(start, i)
-            start = i
-    if start < len(sorted_lengths):
-        yield slice(start, len(sorted_lengths))
-
-
 @torch.no_grad()
 def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor, extra: tuple[Any, ...],
                batch_size: int, cache: ForwardCache | None = None, max_tokens: int = 2048,
@@ -298,7 +282,7 @@ def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor,
                 todo.append(i)
                 cache.misses += 1
     todo.sort(key=lambda i: int(lengths[i]))
-    for chunk in _token_batches([int(lengths[i]) for i in todo], batch_size, max_tokens):
+    for chunk in token_batches([int(lengths[i]) for i in todo], batch_size, max_tokens):
         rows = torch.tensor(todo[chunk], dtype=torch.long)
         width = max(1, int(lengths[rows].max()))
         extra_b = tuple(a[rows] if pr else a for a, pr in zip(extra, per_row))

@@ -39,7 +39,11 @@ from .data import VENDORED_DIR, Examples, encode_batches, load_file, load_task, 
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
 
-__all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results", "main"]
+__all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results",
+           "main", "DEFAULT_MAX_TOKENS"]
+
+#: tokens (padded) per explanation batch: 4 texts of 512 tokens, 64 of 32
+DEFAULT_MAX_TOKENS = 2048
 
 
 def available_methods() -> dict[str, type]:
@@ -120,11 +124,12 @@ class _Batch:
 
 
 def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol, task: str,
-             batch_size: int, max_length: int) -> tuple[list[_Batch], int]:
-    """Tokenize, run the model once, apply the protocol's filters, build explanation masks."""
+             batch_size: int, max_length: int, max_tokens: int | None) -> tuple[list[_Batch], int]:
+    """Tokenize into batches of at most ``batch_size`` rows and ``max_tokens`` tokens, run the
+    model once, apply the protocol's filters, build explanation masks."""
     batches: list[_Batch] = []
     kept = 0
-    for b in encode_batches(examples, tokenizer, batch_size, max_length=max_length):
+    for b in encode_batches(examples, tokenizer, batch_size, max_length=max_length, max_tokens=max_tokens):
         pairs = b.token_type_ids is not None and bool(b.token_type_ids.any())
         types = b.token_type_ids if pairs else None
         with torch.no_grad():
@@ -171,6 +176,7 @@ def evaluate_methods(
     *,
     task: str = "sst2",
     batch_size: int = 32,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
     metric_batch_size: int = 512,
     kendall: bool = False,
     progress: bool = True,
@@ -182,7 +188,9 @@ def evaluate_methods(
     Perturbed inputs that several methods (or protocols) share are evaluated once through
     ``cache`` (a new one per call when None; pass one to share it across calls on one model).
     ``method_kwargs`` maps a method name to extra constructor arguments (e.g.
-    ``{"MaskLRP": {"head_mask": mask}}``).
+    ``{"MaskLRP": {"head_mask": mask}}``). Explanations run on batches of at most
+    ``batch_size`` examples and ``max_tokens`` tokens (padded), so memory does not grow with
+    the number or the length of the texts. A method that fails has ``error`` set in its row.
 
     Example::
 
@@ -194,7 +202,7 @@ def evaluate_methods(
     model.eval()
     cache = ForwardCache() if cache is None else cache
     max_length = model_max_length(tokenizer, model.config)
-    batches, kept = _prepare(model, tokenizer, examples, protocol, task, batch_size, max_length)
+    batches, kept = _prepare(model, tokenizer, examples, protocol, task, batch_size, max_length, max_tokens)
     specials = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
                 if t is not None]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -297,13 +305,20 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[str, Any]) -> list[Path]:
     """Write ``results.md``, ``results.csv``, ``results.json`` and one ``curves_<protocol>.png`` each.
 
+    A run with failed methods, or whose protocols (``config["protocols"]``) have not all run
+    yet, says so first in ``results.md`` and with ``"complete": false`` in ``results.json``.
+
     Example::
 
         >>> write_results(Path("out"), rows, {"task": "sst2"})  # doctest: +SKIP
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    payload = {"config": config, "versions": _versions(),
+    failed = [r for r in results if r.error]
+    pending = [p for p in config.get("protocols", {}) if p not in {r.protocol for r in results}]
+    payload = {"complete": not failed and not pending, "protocols_pending": pending,
+               "failed": [f"{r.protocol}:{r.method}: {r.error}" for r in failed],
+               "config": config, "versions": _versions(),
                "results": [r.row() for r in results],
                "curves": {f"{r.protocol}/{r.method}": {"aopc": r.aopc_curve, "lodds": r.lodds_curve}
                           for r in results if r.aopc_curve}}
@@ -319,6 +334,11 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
     written.append(out_dir / "results.csv")
 
     lines = [f"# Faithfulness on {config.get('task')} ({config.get('model')})", ""]
+    if failed or pending:  # said first, so that no one takes the tables for a complete run
+        lines += ["**INCOMPLETE RUN**" + (f": protocols not run yet: {', '.join(pending)}" if pending else ""), ""]
+        if failed:
+            lines += ["These methods failed and are not in the tables below:", ""]
+            lines += [f"- `{r.protocol}:{r.method}`: {r.error}" for r in failed] + [""]
     kendall = any(r.kendall_tau is not None for r in results)
     for proto in dict.fromkeys(r.protocol for r in results):
         rows = [r for r in results if r.protocol == proto]
@@ -332,10 +352,7 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
                   "| method | AOPC (higher better) | LOdds (lower better) |"
                   + (" Kendall tau (lower better) |" if kendall else "") + " explain s | metric s |",
                   "|---|---:|---:|" + ("---:|" if kendall else "") + "---:|---:|"]
-        for r in sorted(rows, key=lambda r: -r.aopc if r.error is None else float("inf")):
-            if r.error:
-                lines.append(f"| {r.method} | error: {r.error} | | " + ("| " if kendall else "") + "| |")
-                continue
+        for r in sorted((r for r in rows if not r.error), key=lambda r: -r.aopc):
             lines.append(f"| {r.method} | {_fmt(r.aopc)} | {_fmt(r.lodds)} |"
                          + (f" {_fmt(r.kendall_tau)} |" if kendall else "")
                          + f" {r.explain_seconds:.1f} | {r.metric_seconds:.1f} |")
@@ -437,7 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-column", default="sentence", help="text column(s) of --data, e.g. premise,hypothesis")
     p.add_argument("--label-column", default="label")
     p.add_argument("--out", default=None, help="output folder (default results/<task>)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per explanation batch (at most)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="tokens per explanation batch once padded, and per Integrated Gradients pass (at most): "
+                        "bounds memory whatever the number and length of the texts")
     p.add_argument("--kendall", action="store_true", help="also compute Kendall-tau confidence")
     p.add_argument("--head-mask", default="auto",
                    help="MaskLRP's head mask: a HeadMask JSON, 'none', or 'auto' (<model>/head_mask.json, "
@@ -467,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[MethodResult] = []
     t_run, cpu_run = time.perf_counter(), time.process_time()
-    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps}}
+    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
+                                                                        "max_tokens": a.max_tokens}}
     head_mask_source = None
     if "MaskLRP" in methods:
         head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
@@ -484,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         "examples": len(examples), "limit": a.limit, "model": model_path,
         "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
         "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
-        "batch_size": a.batch_size, "kendall": a.kendall, "threads": torch.get_num_threads(),
+        "batch_size": a.batch_size, "max_tokens": a.max_tokens, "kendall": a.kendall, "threads": torch.get_num_threads(),
         "head_mask": head_mask_source, "ig_steps": a.ig_steps,
         "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -492,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     for proto in protos:
         t_p = time.perf_counter()
         results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
-                                    batch_size=a.batch_size, kendall=a.kendall, progress=progress, cache=cache,
+                                    batch_size=a.batch_size, max_tokens=a.max_tokens, kendall=a.kendall, progress=progress, cache=cache,
                                     method_kwargs=method_kwargs)
         seconds[proto.name] = round(time.perf_counter() - t_p, 1)
         config.update(seconds_per_protocol=seconds, seconds=round(time.perf_counter() - t_run, 1),
@@ -500,12 +521,16 @@ def main(argv: list[str] | None = None) -> int:
                       seconds_with_model_loading=round(time.perf_counter() - t0, 1),
                       metric_forwards=cache.misses, metric_forwards_saved=cache.hits)
         written = write_results(out, results, config)   # after each protocol: partial runs keep results
-    for r in results:
-        if r.error:
-            print(f"warning: {r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
     print((out / "results.md").read_text())
     print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s): {config['seconds']:.1f} s; "
           f"wrote {', '.join(str(w) for w in written)}")
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"error: {r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"error: incomplete run: {len(failed)} method run(s) failed; {out / 'results.md'} lists them",
+              file=sys.stderr)
+        return 1
     return 0
 
 

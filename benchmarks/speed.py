@@ -12,6 +12,11 @@ process's CPU time with one intra-op thread, which other processes on a shared
 machine barely disturb; ``--clock wall --threads 2`` measures elapsed time on two
 cores instead (use it on a quiet machine).
 
+Peak memory: each method, and the floor, runs once at ``--memory-batch`` x
+``--memory-seq-len`` (8 x 512) in a fresh process of its own; its peak is the growth of
+the process's resident memory (``VmHWM``, reset after the model is built) over what the
+model and inputs already hold, reported next to the floor's (``--no-memory`` skips it).
+
 Usage::
 
     python -m benchmarks.speed [--json FILE] [--batch-sizes 1 32] [--repeats 9] [--statistic min]
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
@@ -145,6 +151,49 @@ def measure(batch_size: int, seq_len: int = 64, repeats: int = 9, ig_repeats: in
     }
 
 
+def _resident_kib(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak) of this process, in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status: peak memory is measured on Linux only")
+
+
+def _peak_in_this_process(name: str, batch_size: int, seq_len: int, threads: int) -> float:
+    """MiB the resident memory grows by while ``name`` (or ``"floor"``) runs once."""
+    torch.set_num_threads(threads)
+    model = minilm_sized_model()
+    generator = torch.Generator().manual_seed(batch_size)
+    ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator)
+    mask = torch.ones_like(ids)
+    target = torch.randint(0, 2, (batch_size,), generator=generator)
+    run = (lambda i, m, t: gradient_floor(model, i, m, t)) if name == "floor" else _method_runner(METHODS[name], model)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from what is resident now
+    before = _resident_kib("VmRSS")
+    run(ids, mask, target)
+    return (_resident_kib("VmHWM") - before) / 1024
+
+
+def peak_memory(batch_size: int = 8, seq_len: int = 512, threads: int = 1) -> dict:
+    """Peak memory (MiB) of the floor and every registered method, each in a fresh process,
+    and its ratio to the floor's."""
+    context = multiprocessing.get_context("spawn")
+    names = ["floor", *sorted(METHODS)]
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        mib = {name: pool.apply(_peak_in_this_process, (name, batch_size, seq_len, threads)) for name in names}
+    return {"batch_size": batch_size, "seq_len": seq_len, "peak_mib": mib,
+            "ratio_to_floor": {name: value / mib["floor"] for name, value in mib.items()}}
+
+
+def memory_table(memory: dict) -> str:
+    """A Markdown table of :func:`peak_memory`."""
+    lines = [f"| method | peak MiB at batch {memory['batch_size']} x {memory['seq_len']} tokens | x floor |",
+             "|---|---|---|"]
+    for name, mib in memory["peak_mib"].items():
+        lines.append(f"| {name} | {mib:.0f} | {memory['ratio_to_floor'][name]:.2f}x |")
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     """A Markdown table: per method, seconds and ratio to the floor at each batch size."""
     names = list(results[0]["seconds"])
@@ -187,12 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--statistic", choices=sorted(STATISTICS), default="min",
                         help="how the repeats of a method become its time")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--memory-batch", type=int, default=8)
+    parser.add_argument("--memory-seq-len", type=int, default=512)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args(argv)
     global _clock
     _clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     results = [measure(b, args.seq_len, args.repeats, args.ig_repeats, args.statistic) for b in args.batch_sizes]
     print(table(results))
+    memory = None if args.no_memory else peak_memory(args.memory_batch, args.memory_seq_len, args.threads)
+    if memory is not None:
+        print()
+        print(memory_table(memory))
     missed = failures(results)
     for line in missed:
         print("over budget:", line)
@@ -203,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             "clock": args.clock,
         }
         with open(args.json, "w") as handle:
-            json.dump({"environment": environment, "results": results, "over_budget": missed}, handle, indent=2)
+            json.dump({"environment": environment, "results": results, "peak_memory": memory, "over_budget": missed},
+                      handle, indent=2)
     return 1 if missed else 0
 
 

@@ -288,3 +288,63 @@ def test_sentence_pairs_reach_every_model_call_with_their_segment_ids(tmp_path: 
           "--out", str(out), "--no-progress"])
     rows = json.loads((out / "results.json").read_text())["results"]
     assert [r["error"] for r in rows] == [None] * 4
+
+
+def test_a_method_failing_mid_run_makes_the_run_incomplete(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    """A method that raises on its second batch: the run exits 1 naming it, the finished
+    methods are written, and every file says the run is incomplete (no error row in a table)."""
+    from captum_attcat import METHODS, CAT, register_method
+
+    @register_method("ExplodingCAT")
+    class ExplodingCAT(CAT):
+        calls = 0
+
+        def attribute(self, inputs, target=None, additional_forward_args=None):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+            return super().attribute(inputs, target, additional_forward_args)
+
+    data = write_tsv(tmp_path / "d.tsv", ROWS)
+    out = tmp_path / "out"
+    try:
+        rc = main(["--data", str(data), "--text-column", "text", "--label-column", "y", "--model", str(tiny_model_dir),
+                   "--methods", "Saliency,ExplodingCAT", "--batch-size", "2", "--out", str(out), "--no-progress"])
+    finally:
+        del METHODS["ExplodingCAT"]
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "error: paper:ExplodingCAT failed: RuntimeError: DefaultCPUAllocator: can't allocate memory" in err
+    assert "error: incomplete run" in err
+    res = json.loads((out / "results.json").read_text())
+    assert res["complete"] is False and res["failed"] == [
+        "paper:ExplodingCAT: RuntimeError: DefaultCPUAllocator: can't allocate memory"]
+    md = (out / "results.md").read_text()
+    assert md.splitlines()[2] == "**INCOMPLETE RUN**" and "| Saliency |" in md
+    assert "ExplodingCAT |" not in md and "error:" not in md
+
+
+def test_explanations_batched_by_a_token_budget_give_the_same_results(tiny_model_dir: Path) -> None:
+    """A token budget of 24 splits the 7 texts into many small batches (IG's 20-step passes
+    too); every number is the one of the unbounded run, and no batch exceeds the budget."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.data import Examples, encode_batches
+    from benchmarks.protocols import PROTOCOLS
+    from benchmarks.run import evaluate_methods
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = Examples("toy", [t for t, _ in ROWS], None, [y for _, y in ROWS])
+    widths = [b.input_ids.numel() for b in encode_batches(examples, tok, 32, max_tokens=24)]
+    assert len(widths) >= 3 and max(widths) <= 24
+    methods = select_methods("AttCAT,TransAtt,IntegratedGradients", available_methods())
+    kwargs = {"IntegratedGradients": {"n_steps": 20}}
+    unbounded = evaluate_methods(model, tok, examples, methods, PROTOCOLS["paper"], max_tokens=None,
+                                 progress=False, method_kwargs=kwargs)
+    kwargs["IntegratedGradients"]["max_tokens"] = 24
+    bounded = evaluate_methods(model, tok, examples, methods, PROTOCOLS["paper"], max_tokens=24,
+                               progress=False, method_kwargs=kwargs)
+    for a, b in zip(unbounded, bounded):
+        assert a.error is None and b.error is None and a.examples == b.examples == 7
+        assert b.aopc == pytest.approx(a.aopc, abs=1e-6) and b.lodds == pytest.approx(a.lodds, abs=1e-5)
