@@ -114,16 +114,29 @@ METHOD_VARIANTS: dict[str, dict[str, Callable[[torch.nn.Module], dict]]] = {
 }
 
 
-def method_cases() -> list[tuple[str, Callable[[torch.nn.Module], Any]]]:
-    """``(id, make(model) -> explainer)`` for every entry of ``METHODS`` as registered now
-    (so a method added later is covered without editing a list), plus the variants."""
-    from captum_attcat import METHODS
+def method_cases() -> list[tuple[str, Callable[..., Any]]]:
+    """``(id, make(model, explicit=False) -> explainer)`` for every entry of ``METHODS`` as
+    registered now (so a method added later is covered without editing a list), plus the
+    variants. ``explicit=True`` builds Captum's explicit form on a plain function of the
+    model, with the blocks and attention modules the automatic form finds."""
+    from captum_attcat import METHODS, TransformerAdapter
+
+    def maker(cls: type, arguments: Callable[[torch.nn.Module], dict]) -> Callable[..., Any]:
+        def make(model: torch.nn.Module, explicit: bool = False) -> Any:
+            if not explicit:
+                return cls(model, **arguments(model))
+            adapter = TransformerAdapter.from_model(model)
+            forward = lambda ids, mask=None: model(input_ids=ids, attention_mask=mask).logits  # noqa: E731
+            return cls(forward, layers=adapter.blocks, attention_modules=adapter.attention_modules,
+                       **arguments(model))
+
+        return make
 
     cases = []
     for name, cls in sorted(METHODS.items()):
-        cases.append((name, lambda model, cls=cls: cls(model)))
+        cases.append((name, maker(cls, lambda model: {})))
         for variant, arguments in METHOD_VARIANTS.get(name, {}).items():
-            cases.append((f"{name}[{variant}]", lambda model, cls=cls, a=arguments: cls(model, **a(model))))
+            cases.append((f"{name}[{variant}]", maker(cls, arguments)))
     return cases
 
 

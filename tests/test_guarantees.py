@@ -50,6 +50,63 @@ def test_inputs_left_unchanged(method_case):
     torch.testing.assert_close(from_embeddings, from_ids)
 
 
+@pytest.mark.parametrize("change", ["in place", ".data in place", ".data copy_", ".data assigned", "load_state_dict"])
+def test_weights_changed_between_calls_are_seen(method_case, change):
+    """A reused explainer gives what a fresh one gives after the weights change in any way
+    (writes through ``.data`` bump no version counter): no cache serves stale weights."""
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    explainer = method_case(model)
+    before = _explain(explainer, ids, 1, mask)
+    layers = [model.bert.encoder.layer[i].intermediate.dense for i in range(3)]
+    layers += [model.bert.encoder.layer[i].attention.self.value for i in range(3)]
+    layers += [model.bert.encoder.layer[i].attention.self.query for i in range(3)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for layer in layers:
+        weight = layer.weight
+        new = -4 * weight.detach() + 0.01
+        if change == "in place":
+            with torch.no_grad():
+                weight.copy_(new)
+        elif change == ".data in place":
+            weight.data.mul_(-4).add_(0.01)
+        elif change == ".data copy_":
+            weight.data.copy_(new)
+        elif change == ".data assigned":
+            weight.data = new
+        else:
+            state[[k for k, v in model.named_parameters() if v is weight][0]] = new
+    if change == "load_state_dict":
+        model.load_state_dict(state)
+    after = _explain(explainer, ids, 1, mask)
+    assert torch.equal(after, _explain(method_case(model), ids, 1, mask))
+    assert (after - before)[:, 1:].abs().max() > 1e-3 * before[:, 1:].abs().max()  # [CLS] aside: GAE keeps ~1 there
+
+
+def test_frozen_encoder(method_case):
+    """The usual "train only the head" setup: every parameter but the classifier's frozen.
+    The scores are those of the unfrozen model, and the flags stay as they were."""
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    unfrozen = _explain(method_case(model), ids, 1, mask)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("classifier"))
+    before = snapshot(model)
+    torch.testing.assert_close(_explain(method_case(model), ids, 1, mask), unfrozen, rtol=0, atol=0)
+    assert_same_state(before, snapshot(model))
+
+
+def test_explicit_form_with_a_plain_function(method_case):
+    """Captum's explicit form on a plain function of the model (nothing frozen, the
+    embeddings outside the given blocks) gives the scores of the automatic form."""
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    before = snapshot(model)
+    explicit = _explain(method_case(model, explicit=True), ids, 1, mask)
+    torch.testing.assert_close(explicit, _explain(method_case(model), ids, 1, mask))
+    assert_same_state(before, snapshot(model))
+
+
 # --- batches ---------------------------------------------------------------------------------
 
 
@@ -180,6 +237,35 @@ def test_deterministic(method_case):
     first = _explain(explainer, ids, 1, mask)
     assert torch.equal(first, _explain(explainer, ids, 1, mask))
     assert torch.equal(first, _explain(method_case(model), ids, 1, mask))
+
+
+# --- threads ----------------------------------------------------------------------------------
+
+
+def test_threads_share_one_model():
+    """4 threads x 2 methods (an LRP and a gradient method) on one model, several calls each:
+    bit for bit the single-thread results, and the model left as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from captum_attcat import METHODS
+
+    model = unusual_model()
+    ids, mask = padded_batch([9, 6, 4])
+    names = ["TransAtt", "AttentionGradient", "MaskLRP", "AttCAT"]
+    explainers = {name: METHODS[name](model) for name in names}
+    alone = {name: _explain(explainers[name], ids, 1, mask) for name in names}
+    before = snapshot(model)
+
+    def work(index: int) -> list[tuple[str, torch.Tensor]]:
+        pair = [names[index % 4], names[(index + 1) % 4]]
+        return [(name, _explain(explainers[name], ids, 1, mask)) for _ in range(3) for name in pair]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for rows in pool.map(work, range(8)) for r in rows]
+    assert len(results) == 48
+    for name, scores in results:
+        assert torch.equal(scores, alone[name]), name
+    assert_same_state(before, snapshot(model))
 
 
 # --- coverage of methods registered later ---------------------------------------------------------

@@ -182,29 +182,34 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         attention = attention or attention_grads
         recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads)
         handles: list = []
-        states = BlockStates(adapter.blocks if block_inputs is not None else [], inputs=bool(block_inputs))
-        try:
-            with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
-                    use_attention_handler(recorder):
-                if attention:
-                    handles = recorder.hook_outputs(adapter.hooked_attention)
-                with states:
-                    output = adapter.forward(inputs, *args)
-                scores = explained_scores(output, target)
-                wrt = states.captured()
-                if attention_grads:
-                    wrt += recorder.captured()
-                grads = list(torch.autograd.grad(scores.sum(), wrt)) if wrt else []
-        finally:
-            for handle in handles:
-                handle.remove()
-            states.remove()
-        n_states = len(states.tensors)
+        # without hidden states to record, the first block's input is still recorded: the
+        # gradient starts there even when nothing upstream (a frozen encoder) requires grad
+        states = BlockStates(adapter.blocks if block_inputs is not None else adapter.blocks[:1],
+                             inputs=block_inputs is not False)
+        with adapter.lock():
+            try:
+                with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
+                        use_attention_handler(recorder):
+                    if attention:
+                        handles = recorder.hook_outputs(adapter.hooked_attention)
+                    with states:
+                        output = adapter.forward(inputs, *args)
+                    scores = explained_scores(output, target)
+                    wrt = states.captured() if block_inputs is not None else []
+                    if attention_grads:
+                        wrt += recorder.captured()
+                    grads = list(torch.autograd.grad(scores.sum(), wrt)) if wrt else []
+            finally:
+                for handle in handles:
+                    handle.remove()
+                states.remove()
+        kept = states.tensors if block_inputs is not None else []
+        n_states = len(kept)
         return GradientPass(
             inputs=inputs,
             attention_mask=attention_mask,
             scores=scores.detach(),
-            states=[s.detach() for s in states.tensors],  # type: ignore[union-attr]
+            states=[s.detach() for s in kept],  # type: ignore[union-attr]
             state_grads=grads[:n_states],
             attentions=[a.detach() for a in recorder.captured()] if attention else [],
             attention_grads=grads[n_states:],

@@ -109,29 +109,31 @@ class LRPAttribution(TransformerAttribution):
         the attention maps of ``blocks`` and (if asked) at the encoder input."""
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         adapter = self.adapter
-        states = BlockStates(adapter.blocks[:1], inputs=True)
+        # the explained input of the engine: the first block's input, as a fresh leaf
+        states = BlockStates(adapter.blocks[:1], inputs=True, fresh=True)
         propagation = Propagation(self.rules, gradients=attention_grads)
         recorder = self._attention_recorder(propagation)
         handles: list = []
         blocks = list(blocks)
-        try:
-            with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
-                    use_attention_handler(recorder):
-                for root in adapter.roots:  # only tensors computed from the input carry relevance
-                    for parameter in root.parameters():
-                        parameter.requires_grad_(False)
-                handles = recorder.hook_outputs(adapter.hooked_attention)
-                with states, lrp_forward(propagation, activation_modules(adapter.roots)):
-                    output = adapter.forward(inputs, *args)
-                scores = explained_scores(output, target)
-                attentions = [recorder.captured()[b] for b in blocks]
-                grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
-                wrt = attentions + (states.captured() if input_relevance else [])
-                relevance = propagation.relevance(scores, wrt) if wrt else []
-        finally:
-            for handle in handles:
-                handle.remove()
-            states.remove()
+        with adapter.lock():
+            try:
+                with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
+                        use_attention_handler(recorder):
+                    for root in adapter.roots:  # only tensors computed from the input carry relevance
+                        for parameter in root.parameters():
+                            parameter.requires_grad_(False)
+                    handles = recorder.hook_outputs(adapter.hooked_attention)
+                    with states, lrp_forward(propagation, activation_modules(adapter.roots), start=adapter.blocks[0]):
+                        output = adapter.forward(inputs, *args)
+                    scores = explained_scores(output, target)
+                    attentions = [recorder.captured()[b] for b in blocks]
+                    grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
+                    wrt = attentions + (states.captured() if input_relevance else [])
+                    relevance = propagation.relevance(scores, wrt) if wrt else []
+            finally:
+                for handle in handles:
+                    handle.remove()
+                states.remove()
         return RelevancePass(
             inputs=inputs,
             token_mask=token_mask_of(attention_mask, inputs),

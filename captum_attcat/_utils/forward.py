@@ -23,12 +23,13 @@ def attention_maps(adapter: Any, inputs: Tensor, *args: Any) -> tuple[Any, list[
     probabilities, without gradients, the model in eval mode and restored afterwards."""
     recorder = AttentionRecorder(adapter.attention_modules)
     handles = []
-    try:
-        with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
-                use_attention_handler(recorder):
-            handles = recorder.hook_outputs(adapter.hooked_attention)
-            output = adapter.call(inputs, *args)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with adapter.lock():
+        try:
+            with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
+                    use_attention_handler(recorder):
+                handles = recorder.hook_outputs(adapter.hooked_attention)
+                output = adapter.call(inputs, *args)
+        finally:
+            for handle in handles:
+                handle.remove()
     return output, recorder.captured()

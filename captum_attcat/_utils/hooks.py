@@ -28,17 +28,20 @@ class BlockStates:
 
     ``tensors[l]`` is block ``l``'s hidden state ``(batch, seq, hidden)``; it
     requires grad, so gradients of any later output can be taken with respect
-    to it. Hooks are removed on exit, whatever happens.
+    to it (with ``fresh=True`` it is always a new leaf, so that nothing upstream is
+    part of the graph). Hooks are removed on exit, whatever happens.
     """
 
-    def __init__(self, blocks: Sequence[Module], inputs: bool = True) -> None:
+    def __init__(self, blocks: Sequence[Module], inputs: bool = True, fresh: bool = False) -> None:
         self.blocks = list(blocks)
         self.inputs = inputs
+        #: always start a fresh leaf at each recorded state (cut the graph upstream)
+        self.fresh = fresh
         self.tensors: list[Tensor | None] = [None] * len(self.blocks)
         self._handles: list = []
 
     def _keep(self, index: int, hidden: Tensor) -> Tensor:
-        if not hidden.requires_grad:  # nothing upstream needs grad: start a fresh leaf
+        if self.fresh or not hidden.requires_grad:  # nothing upstream needs grad: start a fresh leaf
             hidden = hidden.detach().requires_grad_()
         self.tensors[index] = hidden
         return hidden.clone()

@@ -1,4 +1,10 @@
-"""Leave the model exactly as it was given, whatever happens during a call.
+"""Leave the model exactly as it was given, whatever happens during a call, and let one
+call at a time change a model's state.
+
+Explanations switch a model's attention implementation, put it in eval mode and (for
+LRP) freeze its parameters for the duration of a call. Calls on one model from several
+threads (a threaded web server, say) therefore take the model's lock in turn, and give
+exactly what they give alone; calls on different models run side by side.
 
 Example::
 
@@ -10,11 +16,39 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from typing import Any, Iterator, Sequence
 
 from torch.nn import Module
 
 from .attention import attention_implementation
+
+
+# id(object) -> its lock, for as long as the object lives
+_LOCKS: dict[int, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock_of(owner: Any) -> threading.RLock:
+    lock = _LOCKS.get(id(owner))
+    if lock is None:
+        lock = _LOCKS[id(owner)] = threading.RLock()
+        weakref.finalize(owner, _LOCKS.pop, id(owner), None)
+    return lock
+
+
+@contextlib.contextmanager
+def model_lock(owners: Sequence[Any]) -> Iterator[None]:
+    """Hold the (re-entrant) lock of every object in ``owners`` (root modules, and the
+    Hugging Face configs their attention reads, which an explicit-form explainer on the same
+    model shares), taken in one global order so that two calls cannot deadlock."""
+    with _LOCKS_LOCK:
+        locks = [_lock_of(owner) for owner in sorted({id(o): o for o in owners}.values(), key=id)]
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 @contextlib.contextmanager
@@ -23,8 +57,16 @@ def explanation_mode(modules: Sequence[Module], configs: Sequence[Any]) -> Itera
 
     On exit (normal or not) every submodule's train/eval flag, every
     parameter's ``requires_grad`` flag and every config's attention
-    implementation are put back as they were.
+    implementation are put back as they were. The models' locks
+    (:func:`model_lock`) are held throughout.
     """
+    with model_lock([*modules, *configs]):
+        with _switched(modules, configs):
+            yield
+
+
+@contextlib.contextmanager
+def _switched(modules: Sequence[Module], configs: Sequence[Any]) -> Iterator[None]:
     every = list({id(m): m for root in modules for m in root.modules()}.values())
     training = [m for m in every if m.training]
     flags = [(p, p.requires_grad) for m in every for p in m.parameters(recurse=False)]

@@ -62,6 +62,8 @@ class Propagation:
         self.product_rules: dict[int, Any] = {}
         #: > 0 while an operation handled as a whole (an activation module) runs its own code
         self.suspended = 0
+        #: whether the explained input has entered (operations before it are constants)
+        self.started = True
         self._transposed: dict[int, Tensor] = {}
 
     def transposed(self, weight: Tensor) -> Tensor:
@@ -239,7 +241,9 @@ class _Product(Function):
 
 
 def _carries(value: Any) -> bool:
-    return isinstance(value, Tensor) and value.requires_grad
+    """Whether ``value`` carries relevance: a tensor computed in the pass from the explained
+    input (which requires grad). Parameters never do, frozen or not."""
+    return isinstance(value, Tensor) and value.requires_grad and not isinstance(value, torch.nn.Parameter)
 
 
 _LINEAR = {F.linear}
@@ -273,7 +277,7 @@ class _LRPMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         propagation = self.propagation
-        if func in _MOVES or propagation.suspended:
+        if func in _MOVES or propagation.suspended or not propagation.started:
             return func(*args, **kwargs)
         if func in _ADDMM and _carries(args[1] if len(args) > 1 else kwargs.get("mat1")):
             return _addmm(propagation, *args, **kwargs)
@@ -369,28 +373,42 @@ def activation_modules(roots: Sequence[Module]) -> list[Module]:
 
 
 @contextlib.contextmanager
-def lrp_forward(propagation: Propagation, activations: Sequence[Module] = ()) -> Iterator[Propagation]:
+def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), start: Module | None = None
+                ) -> Iterator[Propagation]:
     """Run a forward pass whose graph can be walked back for gradients or relevance.
 
-    Tensors carrying relevance are those that require grad: make the explained
-    input require grad and freeze the parameters for the pass. Each module of
-    ``activations`` (see :func:`activation_modules`) is one elementwise operation,
-    whatever operations its code uses.
+    Tensors carrying relevance are those computed in the pass from the explained input,
+    which must require grad; parameters never carry it. With ``start`` (the first transformer block), the engine
+    looks at operations only from that module's call on: what comes before (embeddings,
+    position tables) is a constant of the pass, whatever it requires. Each module of
+    ``activations`` (see :func:`activation_modules`) is one elementwise operation, whatever
+    operations its code uses.
     """
     replaced: list[tuple[Module, Any]] = []
+    handle = None
     try:
+        if start is not None:
+            propagation.started = False
+
+            def begin(module: Module, args: Any) -> None:
+                propagation.started = True
+
+            handle = start.register_forward_pre_hook(begin)
         for module in activations:
             replaced.append((module, module.__dict__.get("forward")))
             module.forward = _as_elementwise(module.forward, propagation)
         with _LRPMode(propagation):
             yield propagation
     finally:
+        if handle is not None:
+            handle.remove()
         for module, own in reversed(replaced):
             if own is None:
                 del module.forward
             else:
                 module.forward = own
         propagation.suspended = 0
+        propagation.started = True
 
 
 def _as_elementwise(forward: Callable[..., Any], propagation: Propagation) -> Callable[..., Any]:

@@ -29,6 +29,7 @@ All relevance is computed in float32 (or wider) and returned in the input's dtyp
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -93,8 +94,10 @@ class AlphaBetaRule(LinearRule):
     wherever :math:`z^+ \ne 0`. A unit without positive contributions
     (:math:`z^+ = 0`) passes nothing on: every product it would weigh is 0.
 
-    The rule keeps ``2 [W+, W-]`` and ``|W|`` of each weight it has seen (recomputed
-    when the weight changes in place, dropped when the weight is freed).
+    The rule keeps ``2 [W+, W-]`` and ``|W|`` of each weight it has seen, with a copy of
+    the weight: they are used only while the weight equals that copy bit for bit (so a
+    weight changed in any way, through ``.data`` too, is always seen), and dropped when
+    the weight is freed.
     :math:`z^\pm` then costs one product more than the forward pass, since
     :math:`x W^T \pm |x| |W|^T = 2 z^\pm`, and :math:`(S W^+, S W^-)` one product:
     :math:`(S / 2) (2 W^\pm)` is the same float, as scaling by 2 is exact.
@@ -109,19 +112,24 @@ class AlphaBetaRule(LinearRule):
         if alpha - beta != 1:
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.stabilizer, self.signed = alpha, beta, stabilizer, signed
-        self._splits: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+        self._splits: dict[int, tuple[weakref.ref, Tensor, Tensor]] = {}
+        self._lock = threading.Lock()
 
     def _split(self, weight: Tensor) -> Tensor:
-        """``[2 W+, 2 W-, |W|]`` ``(out, 3 in)`` in float32 or wider, cached per weight tensor."""
+        """``[2 W+, 2 W-, |W|]`` ``(out, 3 in)`` in float32 or wider, cached per weight tensor
+        and recomputed whenever the weight's values differ from the cached copy."""
         key = id(weight)
-        cached = self._splits.get(key)
-        if cached is not None and cached[0]() is weight and cached[1] == weight._version:
+        with self._lock:
+            cached = self._splits.get(key)
+        values = weight.detach()
+        if cached is not None and cached[0]() is weight and torch.equal(cached[1], values):
             return cached[2]
-        wide = _wide(weight.detach())
+        wide = _wide(values)
         split = torch.cat([wide.clamp(min=0).mul_(2), wide.clamp(max=0).mul_(2), wide.abs()], dim=1)
-        if cached is None:
-            weakref.finalize(weight, self._splits.pop, key, None)
-        self._splits[key] = (weakref.ref(weight), weight._version, split)
+        with self._lock:
+            if cached is None:
+                weakref.finalize(weight, self._splits.pop, key, None)
+            self._splits[key] = (weakref.ref(weight), values.clone(), split)
         return split
 
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:

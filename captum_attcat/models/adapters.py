@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from .._utils.attention import attention_configs
+from .._utils.state import model_lock
 
 # model types whose position ids start after the padding index (RoBERTa style)
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
@@ -181,6 +182,12 @@ class TransformerAdapter:
         self.attention_configs = attention_configs(self.roots)
         #: attention modules outside transformers' AttentionInterface (read through forward hooks)
         self.hooked_attention = [m for m in self.attention_modules if not attention_configs([m])]
+
+    def lock(self) -> Any:
+        """A context holding the lock of the explained model (:func:`model_lock` of its
+        roots and attention configs): held for the whole of every pass that changes the
+        model's state, so threads sharing the model take turns."""
+        return model_lock([*self.roots, *self.attention_configs])
 
     @property
     def causal(self) -> bool:
