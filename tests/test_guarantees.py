@@ -162,6 +162,55 @@ def test_bad_target(model3, method_case, target, message):
         _explain(method_case(model3), ids, target, mask)
 
 
+@pytest.mark.parametrize(
+    "target, error, message",
+    [
+        (1.0, TypeError, r"`target` must be an int, a list of ints or an integer tensor .*got float 1.0"),
+        ("1", TypeError, r"`target` must be .*got str '1'"),
+        (True, TypeError, r"`target` must be .*got bool True"),
+        ((0, 1), TypeError, r"`target` must be .*got tuple"),
+        (__import__("numpy").int64(1), TypeError, r"`target` must be .*got int64"),
+        (torch.tensor([0.0, 1.0]), TypeError, r"got a torch.float32 tensor"),
+        (torch.tensor([[0], [1]]), TypeError, r"of shape \(2, 1\)"),
+        ([1], ValueError, r"`target` has 1 entries for a batch of 2 examples \(a list holds one class per example"),
+        ([0, 1, 1], ValueError, r"`target` has 3 entries for a batch of 2"),
+    ],
+)
+def test_junk_targets(model3, method_case, target, error, message):
+    """Every method, those that do not need a target too, rejects one it cannot use."""
+    ids, mask = padded_batch([6, 4])
+    with pytest.raises(error, match=message):
+        _explain(method_case(model3), ids, target, mask)
+
+
+def test_bad_inputs_of_every_kind(model3, method_case):
+    ids, mask = padded_batch([6, 4])
+    explainer = method_case(model3)
+    with pytest.raises(TypeError, match=r"token ids must be int64 or int32; got torch.uint8 \(use .long\(\)\)"):
+        _explain(explainer, ids.to(torch.uint8), 0, mask)
+    embeddings = model3.get_input_embeddings()(ids).detach()
+    with pytest.raises(ValueError, match=r"embeddings\) are 31 wide but the model's embeddings are 32 wide"):
+        _explain(explainer, embeddings[..., :31], 0, mask)
+    with pytest.raises(TypeError, match=r"embeddings\) are torch.float64 but the model is torch.float32"):
+        _explain(explainer, embeddings.double(), 0, mask)
+    for types, message in [(torch.zeros(2, 5, dtype=torch.long), r"`token_type_ids` .* has shape \(2, 5\)"),
+                           (torch.full((2, 6), 2), r"`token_type_ids` .* must lie in \[0, 2\) .*found 2"),
+                           (torch.zeros(2, 6), r"`token_type_ids` .* must be an integer tensor")]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            explainer.attribute(ids, target=0, additional_forward_args=(mask, types))
+    padded = mask.clone()
+    padded[1] = 0
+    with pytest.raises(ValueError, match="example 1 has no real token: its attention mask is all 0"):
+        _explain(explainer, ids, 0, padded)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"cannot explain inside torch.inference_mode\(\)"):
+        _explain(explainer, ids, 0, mask)
+    with torch.inference_mode():
+        made_there = ids.clone(), mask.clone()
+    torch.testing.assert_close(_explain(explainer, *made_there[:1], 0, made_there[1]), _explain(explainer, ids, 0, mask))
+    with torch.no_grad():  # inside no_grad the methods still take their gradients
+        torch.testing.assert_close(_explain(explainer, ids, 0, mask), _explain(explainer, ids, 0, mask))
+
+
 def test_missing_target_is_required_or_unused(model3, method_case):
     """Without a target a method either says it needs one, or does not depend on it."""
     ids, mask = padded_batch([6, 4])

@@ -254,3 +254,22 @@ def test_mask_plot_marks_each_kind(tmp_path):
     expected[2, 0] = 2  # syntactic
     np.testing.assert_array_equal(kinds, expected)
     assert (tmp_path / "mask.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"null", r"is not a head mask: a head mask is a JSON object .* got NoneType"),
+        (b"3", r"got int"),
+        (b"{\"mask\": [[1]], \"positional\": [[0]], \"syntactic\": [[1]], \"thresholds\": 5}", r"`thresholds` must be an object"),
+        (b"{\"mask\": [[1]]}", r"needs the fields \['positional', 'syntactic'\]"),
+        (b"{\"mask\": [[1, 2]], \"positional\": [[0, 0]], \"syntactic\": [[1, 0]]}", r"booleans or 0/1"),
+        (b"{not json", r"is not a head mask: Expecting property name"),
+        (b"\xff\xfe\x00", r"is not a head mask: 'utf-8' codec can't decode"),
+    ],
+)
+def test_head_mask_load_names_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "mask.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        HeadMask.load(path)

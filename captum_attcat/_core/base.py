@@ -31,7 +31,13 @@ from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.forward import attention_maps
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from .._utils.validation import attention_mask_of, check_target, check_token_inputs, check_token_mask
+from .._utils.validation import (
+    attention_mask_of,
+    check_gradients_possible,
+    check_target,
+    check_token_inputs,
+    check_token_mask,
+)
 from ..models.adapters import TransformerAdapter, logits_of
 
 
@@ -146,7 +152,11 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         return False
 
     def _prepare(self, inputs: Any, additional_forward_args: Any) -> tuple[Tensor, tuple, Tensor | None]:
-        inputs = check_token_inputs(inputs, self.adapter.vocab_size, self.adapter.max_length)
+        check_gradients_possible()
+        table = self.adapter.input_embeddings
+        inputs = check_token_inputs(inputs, self.adapter.vocab_size, self.adapter.max_length,
+                                    hidden_size=None if table is None else table.shape[1],
+                                    dtype=None if table is None else table.dtype)
         args = _format_additional_forward_args(additional_forward_args) or ()
         return inputs, args, attention_mask_of(inputs, args)
 

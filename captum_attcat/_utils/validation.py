@@ -15,25 +15,47 @@ import torch
 from torch import Tensor
 
 
-def check_token_inputs(inputs: Any, vocab_size: int | None = None, max_length: int | None = None) -> Tensor:
-    """Validate token ids ``(batch, seq)`` or input embeddings ``(batch, seq, hidden)``."""
+def check_gradients_possible() -> None:
+    """Raise inside ``torch.inference_mode()``, where no gradient can be taken."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "cannot explain inside torch.inference_mode(): the methods take gradients or walk the "
+            "autograd graph; call `attribute` outside it (torch.no_grad() around it is fine)"
+        )
+
+
+def check_token_inputs(inputs: Any, vocab_size: int | None = None, max_length: int | None = None,
+                       hidden_size: int | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate token ids ``(batch, seq)`` (int64 or int32) or input embeddings
+    ``(batch, seq, hidden)`` (``hidden_size`` wide, in the model's ``dtype``, when known)."""
     if isinstance(inputs, tuple) and len(inputs) == 1:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor):
         raise TypeError(f"`inputs` must be a tensor of token ids or embeddings, got {type(inputs).__name__}")
+    if inputs.is_inference():  # made under inference_mode: an ordinary copy can enter autograd
+        inputs = inputs.clone()
     if inputs.is_floating_point():
         if inputs.dim() != 3:
             raise ValueError(
                 f"floating `inputs` are read as embeddings (batch, seq, hidden); got shape {tuple(inputs.shape)}"
             )
+        if hidden_size is not None and inputs.shape[2] != hidden_size:
+            raise ValueError(
+                f"`inputs` (embeddings) are {inputs.shape[2]} wide but the model's embeddings are {hidden_size} wide"
+            )
+        if dtype is not None and inputs.dtype != dtype:
+            raise TypeError(f"`inputs` (embeddings) are {inputs.dtype} but the model is {dtype}: cast them with "
+                            f".to({dtype})")
         if not torch.isfinite(inputs).all():
             raise ValueError("`inputs` (embeddings) contain NaN or inf values")
     else:
-        if inputs.dtype in (torch.bool, torch.complex64, torch.complex128) or inputs.dim() != 2:
+        if inputs.dim() != 2:
             raise ValueError(
                 f"`inputs` must be integer token ids of shape (batch, seq); got {inputs.dtype} "
                 f"of shape {tuple(inputs.shape)}"
             )
+        if inputs.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"`inputs` token ids must be int64 or int32; got {inputs.dtype} (use .long())")
         if inputs.numel() and vocab_size is not None:
             low, high = int(inputs.min()), int(inputs.max())
             if low < 0 or high >= vocab_size:
@@ -72,11 +94,16 @@ def attention_mask_of(inputs: Tensor, additional_forward_args: tuple | None) -> 
     forward argument, validated against ``inputs``; ``None`` if not given."""
     if not additional_forward_args or additional_forward_args[0] is None:
         return None
-    return check_token_mask(additional_forward_args[0], inputs, "attention mask (additional_forward_args[0])")
+    mask = check_token_mask(additional_forward_args[0], inputs, "attention mask (additional_forward_args[0])")
+    empty = (mask.sum(1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(f"example {int(empty[0])} has no real token: its attention mask is all 0")
+    return mask
 
 
 def check_target(target: Any, scores: Tensor) -> None:
-    """Raise if ``target`` (Captum's TargetType) is missing or outside ``scores``' classes."""
+    """Raise if ``target`` (Captum's TargetType) is missing, of a form that cannot select one
+    score per example, or outside ``scores``' classes."""
     classes = scores.shape[1] if scores.dim() > 1 else None
     if target is None:
         if classes is not None and scores[0].numel() > 1:
@@ -87,18 +114,24 @@ def check_target(target: Any, scores: Tensor) -> None:
         return
     if scores.dim() != 2:
         return  # multi-dimensional outputs: leave tuple targets to Captum's selection
+    expected = "an int, a list of ints or an integer tensor with one class per example"
+    batch = scores.shape[0]
     if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool or target.dim() > 1:
+            raise TypeError(f"`target` must be {expected}; got a {target.dtype} tensor of shape {tuple(target.shape)}")
         values = target.flatten().tolist()
-    elif isinstance(target, int):
+        if len(values) not in (1, batch):
+            raise ValueError(f"`target` has {len(values)} entries for a batch of {batch} examples")
+    elif isinstance(target, int) and not isinstance(target, bool):
         values = [target]
-    elif isinstance(target, list) and all(isinstance(t, int) for t in target):
+    elif isinstance(target, list) and target and all(isinstance(t, int) and not isinstance(t, bool) for t in target):
         values = target
+        if len(values) != batch:
+            raise ValueError(f"`target` has {len(values)} entries for a batch of {batch} examples"
+                             + (" (a list holds one class per example; pass an int for all)" if len(values) == 1 else ""))
     else:
-        return
-    if isinstance(target, (list, Tensor)) and len(values) not in (1, scores.shape[0]):
-        raise ValueError(
-            f"`target` has {len(values)} entries for a batch of {scores.shape[0]} examples"
-        )
+        shown = f"{type(target).__name__} {target!r}" if not hasattr(target, "shape") else type(target).__name__
+        raise TypeError(f"`target` must be {expected}; got {shown[:80]}")
     bad = [t for t in values if not 0 <= t < classes]
     if bad:
         raise ValueError(f"`target` {bad[0]} is out of range: the model has {classes} classes")

@@ -147,11 +147,20 @@ class HeadMask:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeadMask":
+        """The mask of :meth:`to_dict`'s dictionary; a clear error for anything else."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a head mask is a JSON object with the fields ['mask', 'positional', 'syntactic']; "
+                             f"got {type(data).__name__}")
         missing = {"positional", "syntactic", "mask"} - set(data)
         if missing:
             raise ValueError(f"a head mask needs the fields {sorted(missing)}")
-        return cls(data["positional"], data["syntactic"], data["mask"], data.get("kind", "union"),
-                   dict(data.get("thresholds", {})))
+        thresholds = data.get("thresholds", {})
+        if not isinstance(thresholds, dict):
+            raise ValueError(f"a head mask's `thresholds` must be an object; got {type(thresholds).__name__}")
+        kind = data.get("kind", "union")
+        if not isinstance(kind, str):
+            raise ValueError(f"a head mask's `kind` must be a string; got {type(kind).__name__}")
+        return cls(data["positional"], data["syntactic"], data["mask"], kind, dict(thresholds))
 
     def save(self, path: str | Path) -> None:
         """Write the mask as JSON."""
@@ -159,5 +168,9 @@ class HeadMask:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadMask":
-        """Read a mask written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a mask written by :meth:`save`; ``ValueError`` naming the file for anything
+        that is not one (not UTF-8, not JSON, not a head mask)."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as error:
+            raise ValueError(f"{path} is not a head mask: {error}") from None

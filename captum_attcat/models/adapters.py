@@ -25,6 +25,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 
@@ -90,11 +91,31 @@ def hf_call(model: Module) -> Callable[..., Any]:
                 f"({', '.join(names)}); got {len(args)}"
             )
         kwargs = dict(zip(names, args))
+        _check_token_types(kwargs.get("token_type_ids"), inputs, model.config)
         if inputs.is_floating_point():
             return model(inputs_embeds=inputs, **kwargs)
         return model(input_ids=inputs, **kwargs)
 
     return call
+
+
+def _check_token_types(token_type_ids: Any, inputs: Tensor, config: Any) -> None:
+    """Segment ids of the shape of the inputs, inside the model's type vocabulary."""
+    if token_type_ids is None:
+        return
+    where = "`token_type_ids` (additional_forward_args[1])"
+    if not isinstance(token_type_ids, Tensor) or token_type_ids.is_floating_point() or token_type_ids.dtype == torch.bool:
+        raise TypeError(f"{where} must be an integer tensor of shape (batch, seq); got "
+                        f"{getattr(token_type_ids, 'dtype', type(token_type_ids).__name__)}")
+    if tuple(token_type_ids.shape) != tuple(inputs.shape[:2]):
+        raise ValueError(f"{where} has shape {tuple(token_type_ids.shape)} but the inputs have (batch, seq) = "
+                         f"{tuple(inputs.shape[:2])}")
+    types = getattr(config, "type_vocab_size", None)
+    if types is not None and token_type_ids.numel():
+        low, high = int(token_type_ids.min()), int(token_type_ids.max())
+        if low < 0 or high >= types:
+            raise ValueError(f"{where} must lie in [0, {types}) (the model's token types); found "
+                             f"{low if low < 0 else high}")
 
 
 @dataclass
@@ -194,6 +215,15 @@ class TransformerAdapter:
         """Whether the attention is causal (a decoder such as GPT-2): then the classification
         head reads the last real token, and methods that read one query row read that one."""
         return any(getattr(module, "is_causal", False) is True for module in self.attention_modules)
+
+    @property
+    def input_embeddings(self) -> Tensor | None:
+        """The weight of the model's input embedding table, if known (its width and dtype are
+        what embeddings given as inputs must have)."""
+        get = getattr(self.root, "get_input_embeddings", None)
+        table = get() if callable(get) else None
+        weight = getattr(table, "weight", None)
+        return weight if isinstance(weight, Tensor) else None
 
     @property
     def vocab_size(self) -> int | None:
