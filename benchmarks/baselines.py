@@ -128,14 +128,14 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
         mask, types = _args_of(input_ids, additional_forward_args)
         baseline = torch.full_like(input_ids, self.pad_id)
         if self.keep_ids:
-            keep = torch.isin(input_ids, torch.tensor(self.keep_ids, dtype=input_ids.dtype))
+            keep = torch.isin(input_ids, torch.tensor(self.keep_ids, dtype=input_ids.dtype, device=input_ids.device))
         else:
             keep = torch.zeros_like(input_ids, dtype=torch.bool)
         # the first and the last real token ([CLS] ... [SEP]) stay in the baseline
         keep[:, 0] = True
-        pos = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         last = torch.where(input_ids != self.pad_id, pos, torch.zeros_like(pos)).max(1).values
-        keep[torch.arange(input_ids.shape[0]), last] = True
+        keep[torch.arange(input_ids.shape[0], device=input_ids.device), last] = True
         baseline = torch.where(keep, input_ids, baseline)
         lig = LayerIntegratedGradients(self._forward_ids, self.embeddings)
         rows = self.internal_batch_size
@@ -157,7 +157,7 @@ class RandomScores:
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
         mask = _mask_of(input_ids, additional_forward_args)
-        return torch.rand(input_ids.shape, generator=self.generator) * mask
+        return torch.rand(input_ids.shape, generator=self.generator).to(mask.device) * mask
 
 
 #: Name -> class, merged with ``captum_attcat.METHODS`` by the runner.

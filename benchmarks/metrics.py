@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ def _target_tensor(target: TargetLike, batch: int, logits: torch.Tensor | None =
         if logits is None:
             raise ValueError("target is None and there are no logits to take the prediction from")
         return logits.argmax(-1)
-    t = torch.as_tensor(target, dtype=torch.long).flatten()
+    t = torch.as_tensor(target, dtype=torch.long, device=None if logits is None else logits.device).flatten()
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -131,7 +131,8 @@ def rankable_mask(
     """
     mask = _check_inputs(input_ids, attention_mask, None).bool()
     if special_token_ids:
-        mask = mask & ~torch.isin(input_ids, torch.as_tensor(list(special_token_ids), dtype=input_ids.dtype))
+        mask = mask & ~torch.isin(input_ids, torch.as_tensor(list(special_token_ids), dtype=input_ids.dtype,
+                                                             device=input_ids.device))
     if exclude_mask is not None:
         mask = mask & ~exclude_mask.bool()
     return mask
@@ -148,7 +149,7 @@ def removal_counts(n_rankable: torch.Tensor, steps: Sequence[float]) -> torch.Te
     for k in steps:
         if not 0.0 <= k <= 1.0:
             raise ValueError(f"steps are fractions in [0, 1], got {k}")
-    ks = torch.tensor([float(k) for k in steps], dtype=torch.float64)
+    ks = torch.tensor([float(k) for k in steps], dtype=torch.float64, device=n_rankable.device)
     return torch.floor(n_rankable.double()[:, None] * ks[None, :] + _EPS).long()
 
 
@@ -243,7 +244,7 @@ class ForwardCache:
 
 def _row_lengths(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last attended position + 1 (0 for an all-padding row)."""
-    pos = torch.arange(1, mask.shape[1] + 1).expand_as(mask)
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), pos, torch.zeros_like(pos)).max(1).values
 
 
@@ -283,7 +284,7 @@ def _log_probs(forward_func: ForwardFunc, ids: torch.Tensor, mask: torch.Tensor,
                 cache.misses += 1
     todo.sort(key=lambda i: int(lengths[i]))
     for chunk in token_batches([int(lengths[i]) for i in todo], batch_size, max_tokens):
-        rows = torch.tensor(todo[chunk], dtype=torch.long)
+        rows = torch.tensor(todo[chunk], dtype=torch.long, device=ids.device)
         width = max(1, int(lengths[rows].max()))
         extra_b = tuple(a[rows] if pr else a for a, pr in zip(extra, per_row))
         typed = () if types is None else (types[rows, :width],)
@@ -353,13 +354,14 @@ def perturbation_curve(
     scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(S).expand(B, S).contiguous())  # rank of each position
+    rank.scatter_(1, order, torch.arange(S, device=order.device).expand(B, S).contiguous())  # rank of each position
     rank = rank.masked_fill(~rankable, S + 1)
 
     log_pk = log_p0[:, None].repeat(1, len(steps))
     # one perturbed copy per distinct (example, count); steps removing the same number of
     # tokens share it, and count 0 is the unperturbed input
-    pairs = torch.unique(torch.stack([torch.arange(B)[:, None].expand_as(counts), counts], -1).reshape(-1, 2),
+    pairs = torch.unique(torch.stack([torch.arange(B, device=counts.device)[:, None].expand_as(counts), counts],
+                                     -1).reshape(-1, 2),
                          dim=0)
     pairs = pairs[pairs[:, 1] > 0]
     if pairs.numel():
@@ -374,7 +376,7 @@ def perturbation_curve(
         extra_p = tuple(a[ex] if isinstance(a, torch.Tensor) and a.shape[:1] == (B,) else a for a in extra)
         lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache, max_tokens, types_p)
         lp = lp.gather(1, tgt[ex][:, None])[:, 0]
-        table = torch.full((B, int(counts.max()) + 1), float("nan"))
+        table = torch.full((B, int(counts.max()) + 1), float("nan"), device=lp.device)
         table[ex, cnt] = lp
         nz = counts > 0
         log_pk[nz] = table.gather(1, counts)[nz]
@@ -573,20 +575,21 @@ def precision_at_k(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     B, S = start_attributions.shape
-    mask = torch.ones(B, S, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    device = start_attributions.device
+    mask = torch.ones(B, S, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
     if exclude_mask is not None:
         mask = mask & ~exclude_mask.bool()
-    s0 = torch.as_tensor(answer_start, dtype=torch.long).flatten()
-    s1 = torch.as_tensor(answer_end, dtype=torch.long).flatten()
+    s0 = torch.as_tensor(answer_start, dtype=torch.long, device=device).flatten()
+    s1 = torch.as_tensor(answer_end, dtype=torch.long, device=device).flatten()
     if s0.numel() != B or s1.numel() != B or (s1 < s0).any() or (s0 < 0).any() or (s1 >= S).any():
         raise ValueError("answer_start/answer_end must give one valid inclusive span per example")
     scores = (start_attributions.detach() + end_attributions.detach()).float().masked_fill(~mask, float("-inf"))
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     kk = min(k, S)
-    top = torch.zeros(B, S, dtype=torch.bool)
+    top = torch.zeros(B, S, dtype=torch.bool, device=device)
     top.scatter_(1, order[:, :kk], True)
     top &= mask
-    pos = torch.arange(S)[None, :]
+    pos = torch.arange(S, device=device)[None, :]
     gold = (pos >= s0[:, None]) & (pos <= s1[:, None])
     count = (top & gold).sum(1)
     percent = 100.0 * count.double() / (s1 - s0 + 1).double()

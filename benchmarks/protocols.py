@@ -134,7 +134,7 @@ class Protocol:
         ok = attention_mask.sum(1) >= self.min_tokens
         allowed = self.keep_labels.get(task)
         if allowed is not None:
-            ok &= torch.isin(labels, torch.tensor(allowed, dtype=labels.dtype))
+            ok &= torch.isin(labels, torch.tensor(allowed, dtype=labels.dtype, device=labels.device))
         thr = self.min_probability.get(task)
         if thr is not None:
             p_true = torch.softmax(logits.float(), -1).gather(1, labels[:, None].long())[:, 0]

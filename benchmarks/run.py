@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import inspect
 import json
 import platform
@@ -129,9 +130,12 @@ def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol,
     model once, apply the protocol's filters, build explanation masks."""
     batches: list[_Batch] = []
     kept = 0
+    device = next(model.parameters()).device  # every batch lives where the model does
     for b in encode_batches(examples, tokenizer, batch_size, max_length=max_length, max_tokens=max_tokens):
+        b = dataclasses.replace(b, input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device),
+                                labels=b.labels.to(device))
         pairs = b.token_type_ids is not None and bool(b.token_type_ids.any())
-        types = b.token_type_ids if pairs else None
+        types = b.token_type_ids.to(device) if pairs else None
         with torch.no_grad():
             logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, **token_type_kwargs(types)).logits
         keep = protocol.keep(task, b.attention_mask, b.labels, logits)

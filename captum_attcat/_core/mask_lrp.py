@@ -50,7 +50,7 @@ class HeadMaskedProduct:
         self.received[self.block] = ra / self.base.share
         if self.renormalize:
             before = ra.flatten(1).sum(1) + rb.flatten(1).sum(1)
-        keep = self.keep.to(ra.dtype).view(1, -1, 1, 1)
+        keep = self.keep.to(ra.device, ra.dtype).view(1, -1, 1, 1)
         kept_a, kept_b = ra.mul_(keep), rb.mul_(keep)
         if self.renormalize:
             after = kept_a.flatten(1).sum(1) + kept_b.flatten(1).sum(1)

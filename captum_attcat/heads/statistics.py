@@ -183,7 +183,7 @@ def head_statistics(
             max_length=max_length, padding=True, return_tensors="pt",
         )
         _, maps = attention_maps(adapter, encoded["input_ids"], encoded["attention_mask"])
-        argmax = torch.stack([m.argmax(-1) for m in maps])  # (blocks, batch, heads, queries)
+        argmax = torch.stack([m.argmax(-1) for m in maps]).cpu()  # (blocks, batch, heads, queries), counted on the CPU
         heads, width = argmax.shape[2], argmax.shape[3]
         if offset_counts is None:
             offset_counts = np.zeros((blocks, heads, n_bins), dtype=np.int64)

@@ -149,7 +149,7 @@ def _live_rows(grad: Tensor) -> Tensor | None:
         return None
     # a cheap look at 16 scattered rows first: mostly live means use the whole tensor
     # (a row is live when the sum of its absolute values is not 0)
-    flat_index, index = _sample_rows(tuple(lead))
+    flat_index, index = _sample_rows(tuple(lead), grad.device)
     sample = grad.reshape(-1, grad.shape[-1]).index_select(0, flat_index) if grad.is_contiguous() else grad[index]
     if 2 * int(torch.count_nonzero(torch.linalg.vector_norm(sample, 1, dim=-1))) > _SAMPLE:
         return None
@@ -162,11 +162,11 @@ _SAMPLE = 16
 
 
 @functools.lru_cache(maxsize=64)
-def _sample_rows(lead: tuple[int, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+def _sample_rows(lead: tuple[int, ...], device: torch.device) -> tuple[Tensor, tuple[Tensor, ...]]:
     """16 rows spread over a tensor with leading dimensions ``lead`` (a prime stride, so
     that they do not fall on the same position of every example), as flat indices and as
     one index per dimension."""
-    flat = torch.arange(1, _SAMPLE + 1) * 7919 % math.prod(lead)
+    flat = torch.arange(1, _SAMPLE + 1, device=device) * 7919 % math.prod(lead)
     return flat, torch.unravel_index(flat, lead)
 
 

@@ -1,5 +1,5 @@
-"""Test helpers: a tiny real model whose probabilities can be worked out by hand, and a
-tiny saved BERT classifier (the ``tiny_model_dir`` fixture; import it into a test module).
+"""Test helpers: a tiny real model whose probabilities can be worked out by hand
+(the tiny saved BERT classifier is the ``tiny_model_dir`` fixture of ``tests/conftest.py``).
 
 The hand-computable model:
 
@@ -11,9 +11,7 @@ makes a deletion that forgets to re-pack the sequence give a different number.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
@@ -50,26 +48,3 @@ class BagModel(torch.nn.Module):
             pos[1] = self.first_token_weight
         logit1 = (self.w[input_ids] * attention_mask.float() * pos).sum(1)
         return torch.stack([torch.zeros_like(logit1), logit1], 1)
-
-
-WORDS = ("good great fine bad awful dull movie film plot acting the a is was not very really "
-         "fun boring , . ! it this").split()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny randomly initialised BERT classifier + WordPiece tokenizer saved as a HF model dir."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True, model_max_length=32)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=32, num_labels=2,
-                     pad_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(cfg).eval()
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d

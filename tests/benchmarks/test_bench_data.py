@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_toy import tiny_model_dir  # noqa: F401  (fixture)
 
 from benchmarks.data import Examples, encode_batches, load_file, load_task, shared_data_dir
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_toy import tiny_model_dir  # noqa: F401  (fixture)
 
 from benchmarks.baselines import BASELINES, IntegratedGradientsEmbeddings, SaliencyEmbeddings
 from benchmarks.metrics import aopc, log_odds
