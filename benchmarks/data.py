@@ -181,7 +181,13 @@ def _read_table(path: Path, column_names: Sequence[str] | None = None) -> Any:
         builder = "csv"
     else:
         builder = "json"
-    ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a local file reads in a moment: no bars on standard error
+    try:
+        ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
     if len(ds) == 0:
         raise ValueError(f"data file has a header but no examples: {path}")
     return ds
@@ -222,10 +228,17 @@ def _is_int_like(v: Any) -> bool:
     return s.lstrip("-").isdigit()
 
 
+class MissingColumnError(KeyError, ValueError):
+    """A column the caller named is not in the file (a ``KeyError`` and a ``ValueError``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def _pick_columns(ds: Any, text_columns: Sequence[str], label_column: str, where: str) -> None:
     missing = [c for c in [*text_columns, label_column] if c not in ds.column_names]
     if missing:
-        raise KeyError(
+        raise MissingColumnError(
             f"{where}: column(s) {missing} not found; the columns are {list(ds.column_names)}"
         )
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .cli import ArgumentParser, check_model_path, positive_int, run_command
 from .data import Examples, encode_batches, load_task
 
 __all__ = ["pretrained_minilm_dir", "default_model_dir", "ensure_default_model", "finetune", "evaluate"]
@@ -239,17 +240,24 @@ def ensure_default_model(out_dir: str | os.PathLike[str] | None = None, progress
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help=f"output folder (default {default_model_dir()})")
     p.add_argument("--model", default=None, help="pretrained model path or hub id (default: the packaged MiniLM)")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-train", type=int, default=DEFAULT_MAX_TRAIN,
                    help=f"random subset of SST-2 train (default {DEFAULT_MAX_TRAIN}; 0 = all 67,349)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--force", action="store_true", help="fine-tune again even if the output exists")
     a = p.parse_args(argv)
+    if not a.epochs > 0 or not a.lr > 0 or a.max_train < 0:
+        p.error("--epochs and --lr must be positive and --max-train at least 0")
+    return run_command(lambda: _finetune_command(a), p.prog)
+
+
+def _finetune_command(a: argparse.Namespace) -> int:
+    check_model_path(a.model)
     out = Path(a.out) if a.out else default_model_dir()
     if _is_complete(out) and not a.force:
         info = json.loads((out / "eval.json").read_text())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer
 
+from benchmarks.cli import ArgumentParser, UsageError, check_model_path, positive_int, run_command
 from captum_attcat.heads import HeadMask, head_statistics, read_conllu
 
 
@@ -40,16 +41,24 @@ def summary(mask: HeadMask, statistics) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.head_mask", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model directory or hub id (default: pretrained all-MiniLM-L6-v2)")
     parser.add_argument("--conllu", nargs="+", required=True, help="CoNLL-U file(s)")
     parser.add_argument("--out", required=True, help="where to write the head mask (JSON)")
     parser.add_argument("--plot", help="where to write the blocks x heads plot (PNG)")
     parser.add_argument("--xi-pos", type=float, default=0.8)
     parser.add_argument("--xi-synt", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--max-length", type=positive_int, default=128)
     args = parser.parse_args(argv)
+    return run_command(lambda: _head_mask_command(args), parser.prog)
+
+
+def _head_mask_command(args: argparse.Namespace) -> int:
+    check_model_path(args.model)
+    for path in args.conllu:
+        if not Path(path).is_file():
+            raise UsageError(f"--conllu {path}: no such file")
 
     name = Path(args.model).name if args.model else "all-MiniLM-L6-v2"
     if args.model is None:
@@ -63,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     statistics = head_statistics(model, tokenizer, sentences, args.batch_size, args.max_length)
     seconds = time.perf_counter() - start
     mask = HeadMask.from_statistics(statistics, args.xi_pos, args.xi_synt)
-    mask.save(args.out)
-    data = json.loads(Path(args.out).read_text())
+    data = mask.to_dict()
     data["statistics"] = {
         "model": args.model, "conllu": args.conllu, "sentences": len(sentences), "seconds": round(seconds, 1),
         "queries": statistics.queries,

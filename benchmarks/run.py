@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import torch
 
 from .baselines import BASELINES, token_type_kwargs
+from .cli import ArgumentParser, UsageError, check_model_path, positive_int, run_command
 from .data import VENDORED_DIR, Examples, encode_batches, load_file, load_task, model_max_length
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
@@ -441,37 +442,53 @@ def _load_model(spec: str | None, progress: bool) -> tuple[Any, Any, str]:
         path = str(ensure_default_model(progress=progress))
     else:
         path = spec
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model, tokenizer, path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--task", default="sst2", help="sst2, mnli or imdb (ignored with --data)")
     p.add_argument("--split", default="dev")
     p.add_argument("--methods", default="all", help="'all' or comma-separated names")
     p.add_argument("--protocol", default="paper", help=f"{', '.join(PROTOCOLS)}, a comma list, or 'all'")
-    p.add_argument("--limit", type=int, default=None, help="first N examples only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N examples only")
     p.add_argument("--model", default=None, help="model path or hub id (default: fine-tuned MiniLM)")
     p.add_argument("--data", default=None, help="local CSV/TSV/JSONL file instead of --task")
     p.add_argument("--text-column", default="sentence", help="text column(s) of --data, e.g. premise,hypothesis")
     p.add_argument("--label-column", default="label")
     p.add_argument("--out", default=None, help="output folder (default results/<task>)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per explanation batch (at most)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per explanation batch (at most)")
+    p.add_argument("--max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS,
                    help="tokens per explanation batch once padded, and per Integrated Gradients pass (at most): "
                         "bounds memory whatever the number and length of the texts")
     p.add_argument("--kendall", action="store_true", help="also compute Kendall-tau confidence")
     p.add_argument("--head-mask", default="auto",
                    help="MaskLRP's head mask: a HeadMask JSON, 'none', or 'auto' (<model>/head_mask.json, "
                         "else found on UD English EWT dev and saved there)")
-    p.add_argument("--ig-steps", type=int, default=20,
+    p.add_argument("--ig-steps", type=positive_int, default=20,
                    help="Integrated Gradients steps (Gauss-Legendre; Captum's default is 50)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    return run_command(lambda: _run_command(a, argv), p.prog)
+
+
+def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
     progress = not a.no_progress
+    check_model_path(a.model)
+    if a.data and not Path(a.data).is_file():
+        raise UsageError(f"--data {a.data}: no such file")
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -496,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     head_mask_source = None
     if "MaskLRP" in methods:
         head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
+        methods["MaskLRP"](model, head_mask=head_mask)  # a mask of the wrong shape stops here, before any work
         method_kwargs["MaskLRP"] = {"head_mask": head_mask}
         if head_mask is not None:
             head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
