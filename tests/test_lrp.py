@@ -238,6 +238,83 @@ def test_an_operation_without_a_rule_is_named():
         TransformerLRP(forward, layers=[block]).attribute(torch.randn(1, 3, 4), target=0)
 
 
+class _CodeBlock(nn.Module):
+    """A block whose code is one of the cases the engine must refuse or handle."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case, self.linear = case, nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=case == "inplace module")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        y = self.linear(hidden)
+        if self.case == "tuple":
+            return torch.std_mean(y, dim=-1, keepdim=True)[1] + hidden
+        if self.case == "max":
+            return y.max(-1, keepdim=True).values + hidden
+        if self.case == "no_grad":
+            with torch.no_grad():
+                constant = y * 2
+            return hidden + constant
+        if self.case == "iadd":
+            y += hidden
+            return y
+        return self.act(y) + hidden  # "inplace module" / "plain"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("tuple", r"no rule for `torch.std_mean`"),
+    ("max", r"no rule for `torch.Tensor.max`"),
+    ("no_grad", r"`torch.Tensor.mul` runs under torch.no_grad\(\) on a relevance-carrying tensor"),
+    ("iadd", r"`torch.Tensor.add_` changes a relevance-carrying tensor in place"),
+])
+def test_operations_the_engine_cannot_follow_are_refused_by_name(case, message):
+    """Tuple-returning operations, model code under no_grad and in-place writes on
+    relevance-carrying tensors: an error naming the operation, never a silent result."""
+    torch.manual_seed(0)
+    block, head = _CodeBlock(case), nn.Linear(4, 2)
+    forward = lambda x: head(block(x)[:, 0])  # noqa: E731
+    with pytest.raises(NotImplementedError, match=message):
+        TransformerLRP(forward, layers=[block]).attribute(torch.randn(2, 3, 4), target=0)
+
+
+def test_an_in_place_activation_module_is_handled():
+    torch.manual_seed(0)
+    plain, in_place = _CodeBlock("plain"), _CodeBlock("inplace module")
+    in_place.load_state_dict(plain.state_dict())
+    head = nn.Linear(4, 2)
+    x = torch.randn(2, 3, 4)
+    results = [TransformerLRP(lambda x, b=b: head(b(x)[:, 0]), layers=[b]).attribute(x, target=0)
+               for b in (plain, in_place)]
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_compiled_and_wrapped_models_are_explained_as_the_module_inside():
+    model = tiny_bert()
+    ids, mask = padded_batch([7, 4])
+    expected = TransAtt(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    for wrapper in (torch.compile(model), torch.nn.DataParallel(model)):
+        torch.testing.assert_close(TransAtt(wrapper).attribute(ids, target=1, additional_forward_args=(mask,)),
+                                   expected, rtol=0, atol=0)
+
+
+def test_no_autocast_and_no_backward_hooks_during_relevance():
+    model = tiny_bert()
+    ids, mask = padded_batch([7, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="cannot run under torch.autocast"):
+        TransAtt(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    calls = []
+    handle = model.bert.encoder.layer[1].register_full_backward_hook(lambda *args: calls.append(args))
+    try:
+        TransAtt(model).attribute(ids, target=1, additional_forward_args=(mask,))
+        assert calls == [] and model.bert.encoder.layer[1]._backward_hooks  # not called, still there
+        model(ids, attention_mask=mask).logits.sum().backward()
+        assert len(calls) == 1  # and it still works for the user
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+
+
 def test_engine_on_an_explicit_model_with_its_own_attention():
     """A model computing attention itself (not through transformers): the engine finds
     the products and the softmax by itself; relevance is conserved (wide enough

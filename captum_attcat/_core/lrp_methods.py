@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -108,12 +109,19 @@ class LRPAttribution(TransformerAttribution):
         """One forward under the LRP engine; gradients (if asked) and relevance at
         the attention maps of ``blocks`` and (if asked) at the encoder input."""
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
+        if any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda")):
+            raise RuntimeError(
+                f"{type(self).__name__} cannot run under torch.autocast: the LRP rules work on the model's "
+                "own dtype and promise float32 relevance; call `attribute` outside autocast (or cast the "
+                "model with .to(torch.bfloat16) to explain it in that dtype)"
+            )
         adapter = self.adapter
         # the explained input of the engine: the first block's input, as a fresh leaf
         states = BlockStates(adapter.blocks[:1], inputs=True, fresh=True)
         propagation = Propagation(self.rules, gradients=attention_grads)
         recorder = self._attention_recorder(propagation)
         handles: list = []
+        hooks: list = []
         blocks = list(blocks)
         with adapter.lock():
             try:
@@ -122,6 +130,10 @@ class LRPAttribution(TransformerAttribution):
                     for root in adapter.roots:  # only tensors computed from the input carry relevance
                         for parameter in root.parameters():
                             parameter.requires_grad_(False)
+                        # the user's backward hooks would receive relevance as if it were a gradient
+                        for module in root.modules():
+                            hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
+                            module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
                     handles = recorder.hook_outputs(adapter.hooked_attention)
                     with states, lrp_forward(propagation, activation_modules(adapter.roots), start=adapter.blocks[0]):
                         output = adapter.forward(inputs, *args)
@@ -134,6 +146,8 @@ class LRPAttribution(TransformerAttribution):
                 for handle in handles:
                     handle.remove()
                 states.remove()
+                for module, backward, backward_pre in hooks:
+                    module._backward_hooks, module._backward_pre_hooks = backward, backward_pre
         return RelevancePass(
             inputs=inputs,
             token_mask=token_mask_of(attention_mask, inputs),

@@ -279,6 +279,21 @@ class _LRPMode(TorchFunctionMode):
         propagation = self.propagation
         if func in _MOVES or propagation.suspended or not propagation.started:
             return func(*args, **kwargs)
+        if _in_place(func) and any(_carries(v) for v in _flat(args, kwargs)):
+            raise NotImplementedError(
+                f"`{_name(func)}` changes a relevance-carrying tensor in place, which the LRP engine cannot "
+                "follow; write the model's code out of place (e.g. `y = y + x`, `inplace=False`)"
+            )
+        if not torch.is_grad_enabled():
+            output = func(*args, **kwargs)
+            if any(isinstance(o, Tensor) and o.is_floating_point() for o in _flat((output,), {})) and \
+                    any(_carries(v) for v in _flat(args, kwargs)):
+                raise NotImplementedError(
+                    f"`{_name(func)}` runs under torch.no_grad() on a relevance-carrying tensor: its result "
+                    "would be a constant and the relevance through it lost; the model's forward must not "
+                    "disable gradients between the explained input and the output"
+                )
+            return output
         if func in _ADDMM and _carries(args[1] if len(args) > 1 else kwargs.get("mat1")):
             return _addmm(propagation, *args, **kwargs)
         if func in _LINEAR:
@@ -318,7 +333,8 @@ class _LRPMode(TorchFunctionMode):
         output = func(*args, **kwargs)
         # property reads (``.T``, ``.mT``) are views, like the operations in _MOVES
         property_read = getattr(func, "__name__", "") == "__get__"
-        if _carries(output) and not property_read and any(_carries(v) for v in _flat(args, kwargs)):
+        carried = any(_carries(o) for o in _flat((output,), {}))  # tuple outputs too (max, sort, std_mean)
+        if carried and not property_read and any(_carries(v) for v in _flat(args, kwargs)):
             raise NotImplementedError(_no_rule(func, "relevance-carrying inputs"))
         return output
 
@@ -332,6 +348,22 @@ def _addmm(propagation: Propagation, input: Any, mat1: Tensor, mat2: Any, *, bet
     return _Linear.apply(mat1, propagation.transposed(mat2), input, rule, propagation)
 
 
+_IN_PLACE_OPERATORS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imatmul__"}
+
+
+def _in_place(func: Any) -> bool:
+    """Whether ``func`` writes into its first argument (``add_``, ``masked_fill_``, ``+=``, ...)."""
+    name = getattr(func, "__name__", "")
+    return (name.endswith("_") and not name.startswith("_")) or name in _IN_PLACE_OPERATORS
+
+
+def _name(func: Any) -> str:
+    try:
+        return torch.overrides.resolve_name(func) or repr(func)
+    except Exception:  # pragma: no cover - resolve_name knows every torch function
+        return repr(func)
+
+
 def _flat(args: tuple, kwargs: dict) -> Iterator[Any]:
     for value in (*args, *kwargs.values()):
         if isinstance(value, (list, tuple)):
@@ -341,12 +373,8 @@ def _flat(args: tuple, kwargs: dict) -> Iterator[Any]:
 
 
 def _no_rule(func: Any, what: str) -> str:
-    try:
-        name = torch.overrides.resolve_name(func) or repr(func)
-    except Exception:  # pragma: no cover - resolve_name knows every torch function
-        name = repr(func)
     return (
-        f"the LRP engine has no rule for `{name}` with {what}; the model computes something "
+        f"the LRP engine has no rule for `{_name(func)}` with {what}; the model computes something "
         "other than linear layers, normalisations, activations, residual sums and attention "
         "products between the explained input and the output"
     )
@@ -396,7 +424,7 @@ def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), st
             handle = start.register_forward_pre_hook(begin)
         for module in activations:
             replaced.append((module, module.__dict__.get("forward")))
-            module.forward = _as_elementwise(module.forward, propagation)
+            module.forward = _as_elementwise(module.forward, propagation, getattr(module, "inplace", False) is True)
         with _LRPMode(propagation):
             yield propagation
     finally:
@@ -411,10 +439,13 @@ def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), st
         propagation.started = True
 
 
-def _as_elementwise(forward: Callable[..., Any], propagation: Propagation) -> Callable[..., Any]:
+def _as_elementwise(forward: Callable[..., Any], propagation: Propagation, in_place: bool = False
+                    ) -> Callable[..., Any]:
+    """``forward`` as one elementwise operation; an in-place module (``nn.ReLU(inplace=True)``)
+    works on a copy, so the tensor the graph saved stays as it was."""
     def elementwise(x: Any, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs or not _carries(x):
             return forward(x, *args, **kwargs)
-        return _elementwise(x, forward, propagation)
+        return _elementwise(x, (lambda t: forward(t.clone())) if in_place else forward, propagation)
 
     return elementwise

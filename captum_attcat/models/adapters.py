@@ -72,6 +72,24 @@ def _modules_matching(model: Module, spec: Any) -> list[Module]:
     ]
 
 
+def unwrapped(model: Any) -> Any:
+    """The module inside ``torch.compile``, ``DataParallel`` and ``DistributedDataParallel``
+    wrappers (any depth); anything else as it is.
+
+    Example::
+
+        >>> unwrapped(torch.compile(model)) is model
+        True
+    """
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def hf_call(model: Module) -> Callable[..., Any]:
     """``call(inputs, *args) -> model output`` for a Hugging Face model.
 
@@ -142,7 +160,10 @@ class TransformerAdapter:
 
     @classmethod
     def from_model(cls, model: Any) -> "TransformerAdapter":
-        """Find blocks and attention modules of a Hugging Face model."""
+        """Find blocks and attention modules of a Hugging Face model (a ``torch.compile``
+        or ``DataParallel`` wrapper is looked through: explanations run the eager module,
+        with the same weights, since they hook and rewrite its operations)."""
+        model = unwrapped(model)
         if not _is_hf_model(model):
             raise TypeError(
                 f"cannot find the transformer blocks of {type(model).__name__}: searched for a "
