@@ -44,8 +44,8 @@ from .protocols import PROTOCOLS, Protocol, get_protocol
 __all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results",
            "main", "DEFAULT_MAX_TOKENS"]
 
-#: tokens (padded) per explanation batch: 4 texts of 512 tokens, 64 of 32
-DEFAULT_MAX_TOKENS = 2048
+#: tokens (padded) per explanation batch: 2 texts of 512 tokens, 32 of 32
+DEFAULT_MAX_TOKENS = 1024
 
 
 def available_methods() -> dict[str, type]:
