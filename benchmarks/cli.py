@@ -41,8 +41,9 @@ def positive_int(text: str) -> int:
 
 
 def check_model_path(spec: str | None, option: str = "--model") -> None:
-    """A ``--model`` that names a local path (it has a path separator or starts with ``.``
-    or ``~``) must be a directory; hub ids are left to ``from_pretrained``."""
+    """A ``--model`` that names a local path (it starts with ``/``, ``.`` or ``~``, ends with
+    ``/`` or has more than one ``/``) must be a directory; ``org/name`` hub ids are left to
+    ``from_pretrained``."""
     if spec is None:
         return
     looks_local = spec.startswith((".", "~", "/")) or spec.count("/") > 1 or spec.endswith("/")

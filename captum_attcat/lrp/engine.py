@@ -351,8 +351,10 @@ def _addmm(propagation: Propagation, input: Any, mat1: Tensor, mat2: Any, *, bet
 _IN_PLACE_OPERATORS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imatmul__"}
 
 
+@functools.lru_cache(maxsize=None)
 def _in_place(func: Any) -> bool:
-    """Whether ``func`` writes into its first argument (``add_``, ``masked_fill_``, ``+=``, ...)."""
+    """Whether ``func`` writes into its first argument (``add_``, ``masked_fill_``, ``+=``, ...);
+    asked for every operation of a pass, so the answer is kept per function."""
     name = getattr(func, "__name__", "")
     return (name.endswith("_") and not name.startswith("_")) or name in _IN_PLACE_OPERATORS
 
