@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
 
+from captum_attcat import AnswerSpan, logits_of, span_attribution
+
 __all__ = ["BASELINES", "IntegratedGradientsEmbeddings", "SaliencyEmbeddings", "InputXGradientEmbeddings",
            "RandomScores"]
 
@@ -55,8 +57,10 @@ def token_type_kwargs(token_type_ids: torch.Tensor | None) -> dict[str, torch.Te
 
 
 def _target(target: Any, batch: int) -> Any:
-    if target is None or isinstance(target, int):
+    if target is None or isinstance(target, (int, tuple, AnswerSpan)):
         return target
+    if isinstance(target, list) and target and isinstance(target[0], tuple):
+        return target  # (position, index) pairs of per-token scores
     t = torch.as_tensor(target, dtype=torch.long).flatten()
     return t.expand(batch) if t.numel() == 1 else t
 
@@ -70,7 +74,8 @@ class _EmbeddingMethod:
 
     def _forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                         token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, **token_type_kwargs(token_type_ids)).logits
+        return logits_of(self.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                    **token_type_kwargs(token_type_ids)))
 
     def _grad_scores(self, method: Any, input_ids: torch.Tensor, target: Any, additional_forward_args: Any
                      ) -> torch.Tensor:
@@ -78,8 +83,11 @@ class _EmbeddingMethod:
         with torch.no_grad():
             embeds = self.embeddings(input_ids)
         embeds.requires_grad_()
-        attr = method.attribute(embeds, target=_target(target, input_ids.shape[0]),
-                                additional_forward_args=(mask,) if types is None else (mask, types))
+        args = (mask,) if types is None else (mask, types)
+        if isinstance(target, AnswerSpan):
+            attr = span_attribution(method.attribute, embeds, target, args)
+        else:
+            attr = method.attribute(embeds, target=_target(target, input_ids.shape[0]), additional_forward_args=args)
         return attr.sum(-1).detach() * mask
 
 
@@ -120,8 +128,15 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
                          if t is not None]
 
     def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **token_type_kwargs(token_type_ids)).logits
+                     token_type_ids: torch.Tensor | None = None, span: torch.Tensor | None = None) -> torch.Tensor:
+        scores = logits_of(self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                      **token_type_kwargs(token_type_ids)))
+        if span is None:
+            return scores
+        # an answer span (start, end) per row: IG is linear in the explained score, so the
+        # attribution of start + end logit is the sum of the two attributions, in one pass
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        return (scores[rows, span[:, 0], 0] + scores[rows, span[:, 1], 1])[:, None]
 
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
@@ -141,10 +156,14 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
         rows = self.internal_batch_size
         if self.max_tokens is not None:
             rows = max(1, min(rows or self.max_tokens, self.max_tokens // input_ids.shape[1]))
+        args: tuple = (mask,) if types is None else (mask, types)
+        if isinstance(target, AnswerSpan) and target.part == "both":
+            span = target.for_batch(input_ids, mask)
+            args, target = (mask, types, torch.stack([span.start, span.end], 1).to(input_ids.device)), 0
+        elif isinstance(target, AnswerSpan):
+            target = target.for_batch(input_ids, mask).pairs(target.part)
         attr = lig.attribute(input_ids, baselines=baseline, target=_target(target, input_ids.shape[0]),
-                             additional_forward_args=(mask,) if types is None else (mask, types),
-                             n_steps=self.n_steps,
-                             internal_batch_size=rows)
+                             additional_forward_args=args, n_steps=self.n_steps, internal_batch_size=rows)
         return attr.sum(-1).detach() * mask
 
 

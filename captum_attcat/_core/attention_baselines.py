@@ -26,7 +26,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .base import GradientPass, TransformerAttribution, check_query_mask, query_rows
-from .maps import cls_row, head_mean, positive_head_mean, query_mean, rollout, token_mask_of, wide
+from .maps import head_mean, positive_head_mean, query_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
 _ARGS = r"""
@@ -79,7 +79,7 @@ class RawAttention(_AttentionOnly):
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
-        return cls_row(head_mean(run.attentions[-1]), _mask(run), causal=self.adapter.causal)
+        return self._row(head_mean(run.attentions[-1]), _mask(run), target)
 
     attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
 
@@ -97,7 +97,7 @@ class AttentionRollout(_AttentionOnly):
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         run = self._attention(inputs, target, additional_forward_args)
-        return cls_row(rollout([head_mean(a) for a in run.attentions]), _mask(run), causal=self.adapter.causal)
+        return self._row(rollout([head_mean(a) for a in run.attentions]), _mask(run), target)
 
     attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
 
@@ -150,7 +150,7 @@ class AttentionGradCAM(_AttentionGradients):
         high = cam.masked_fill(~pairs, float("-inf")).amax((1, 2), keepdim=True)
         spread = high - low
         scaled = torch.where(spread > 0, (cam - low) / spread.clamp(min=torch.finfo(cam.dtype).tiny), 0.0)
-        return cls_row(scaled, mask, causal=self.adapter.causal)
+        return self._row(scaled, mask, target)
 
     attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK.replace("query rows", "rows and columns"))
 
@@ -196,6 +196,6 @@ class GAE(_AttentionGradients):
             if relevance is None:
                 relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype, device=weighted.device).expand_as(weighted)
             relevance = relevance + weighted @ relevance
-        return cls_row(relevance, _mask(run), keep_cls=True, causal=self.adapter.causal)
+        return self._row(relevance, _mask(run), target, keep_cls=True)
 
     attribute.__doc__ = _ARGS.format(target_note="", extra="")

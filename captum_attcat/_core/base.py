@@ -39,6 +39,8 @@ from .._utils.validation import (
     check_token_mask,
 )
 from ..models.adapters import TransformerAdapter, logits_of
+from ..targets import AnswerSpan, accepts_answer_spans, target_positions
+from .maps import cls_row
 
 
 @dataclass
@@ -92,7 +94,10 @@ def query_rows(run: GradientPass, query_mask: Tensor | None = None) -> Tensor:
 
 
 def explained_scores(output: Tensor, target: TargetType) -> Tensor:
-    """The ``(batch,)`` scores that ``target`` selects from ``output`` (checked first)."""
+    """The ``(batch,)`` scores that ``target`` selects from ``output`` (checked first); an
+    :class:`~captum_attcat.AnswerSpan` selects the sum of its start and end logits."""
+    if isinstance(target, AnswerSpan):
+        return target.select(output)
     check_target(target, output)
     scores = _select_targets(output, target)
     if scores.dim() != 1:
@@ -124,6 +129,15 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
     #: time budget in multiples of the gradient floor (one forward + the gradient of
     #: the explained scores w.r.t. the embedding output), checked by ``benchmarks.speed``
     floor_budget: float = 1.3
+    #: whether the attribution is linear in the explained score (the attribution of a sum of
+    #: scores is the sum of their attributions): an AnswerSpan is then explained in one pass
+    linear_in_target: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        attribute = cls.__dict__.get("attribute")
+        if attribute is not None and not getattr(attribute, "__wrapped_for_spans__", False):
+            cls.attribute = accepts_answer_spans(attribute)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -159,6 +173,12 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                                     dtype=None if table is None else table.dtype)
         args = _format_additional_forward_args(additional_forward_args) or ()
         return inputs, args, attention_mask_of(inputs, args)
+
+    def _row(self, matrix: Tensor, token_mask: Tensor, target: TargetType, keep_cls: bool = False) -> Tensor:
+        """The row of ``(batch, n, n)`` that explains ``target``: the explained position for a
+        position target (question answering), else :func:`~captum_attcat._core.maps.cls_row`'s."""
+        return cls_row(matrix, token_mask, keep_cls=keep_cls, causal=self.adapter.causal,
+                       rows=target_positions(target, matrix.shape[0], matrix.device))
 
     def _attention_pass(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
         """One forward pass reading only the attention probabilities (no gradients,

@@ -36,7 +36,7 @@ from .._utils.state import explanation_mode
 from ..lrp.engine import Propagation, activation_modules, lrp_forward
 from ..lrp.rules import LRPRules
 from .base import TransformerAttribution, explained_scores
-from .maps import cls_row, positive_head_mean, rollout, token_mask_of, wide
+from .maps import positive_head_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
 
@@ -213,7 +213,7 @@ class PartialLRP(LRPAttribution):
         last = len(self.adapter.blocks) - 1
         run = self._relevance_pass(inputs, target, additional_forward_args, blocks=[last])
         cam = wide(run.attention_relevance[0]).clamp(min=0).mean(1)
-        return cls_row(cam, run.token_mask, causal=self.adapter.causal)
+        return self._row(cam, run.token_mask, target)
 
     attribute.__doc__ = _ARGS.format(extra="")
 
@@ -245,7 +245,7 @@ class TransAtt(LRPAttribution):
             inputs, target, additional_forward_args, blocks=range(start_layer, n_blocks), attention_grads=True
         )
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, run.attention_relevance)]
-        return cls_row(rollout(maps), run.token_mask, causal=self.adapter.causal)
+        return self._row(rollout(maps), run.token_mask, target)
 
     attribute.__doc__ = _ARGS.format(
         extra="\n            start_layer: the first block of the rollout (0: all blocks)."

@@ -57,15 +57,19 @@ def rollout(maps: Sequence[Tensor]) -> Tensor:
     return joint  # type: ignore[return-value]
 
 
-def cls_row(matrix: Tensor, token_mask: Tensor, keep_cls: bool = False, causal: bool = False) -> Tensor:
+def cls_row(matrix: Tensor, token_mask: Tensor, keep_cls: bool = False, causal: bool = False,
+            rows: Tensor | None = None) -> Tensor:
     """Row 0 (the [CLS] query) of ``(batch, n, n)``; padding set to 0 and, unless
     ``keep_cls``, position 0 too (its self-score is no explanation of the others).
 
     ``causal=True`` (decoders such as GPT-2, whose classification head reads the last real
     token) reads the row of each example's last real token instead and keeps every value:
-    that token is a word of the input, not a marker.
+    that token is a word of the input, not a marker. ``rows`` (one position per example, e.g.
+    the token whose start logit is explained) reads those rows, keeping every value.
     """
     mask = token_mask.to(matrix.dtype)
+    if rows is not None:
+        return matrix[torch.arange(matrix.shape[0], device=matrix.device), rows.to(matrix.device)] * mask
     if causal:
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask > 0, positions, torch.zeros_like(positions)).amax(1)

@@ -32,7 +32,7 @@ from ..heads.mask import HeadMask
 from ..lrp.engine import Propagation
 from ..lrp.rules import LRPRules
 from .lrp_methods import LRPAttribution
-from .maps import cls_row, positive_head_mean, rollout
+from .maps import positive_head_mean, rollout
 from .registry import register_method
 
 
@@ -151,4 +151,4 @@ class MaskLRP(LRPAttribution):
         else:
             relevance = run.attention_relevance
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, relevance)]
-        return cls_row(rollout(maps), run.token_mask, causal=self.adapter.causal)
+        return self._row(rollout(maps), run.token_mask, target)

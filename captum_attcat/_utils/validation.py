@@ -112,8 +112,11 @@ def check_target(target: Any, scores: Tensor) -> None:
                 "pass the class to explain (an int, or one per example)"
             )
         return
+    if scores.dim() == 3:
+        _check_position_target(target, scores)
+        return
     if scores.dim() != 2:
-        return  # multi-dimensional outputs: leave tuple targets to Captum's selection
+        return  # other multi-dimensional outputs: leave tuple targets to Captum's selection
     expected = "an int, a list of ints or an integer tensor with one class per example"
     batch = scores.shape[0]
     if isinstance(target, Tensor):
@@ -135,3 +138,30 @@ def check_target(target: Any, scores: Tensor) -> None:
     bad = [t for t in values if not 0 <= t < classes]
     if bad:
         raise ValueError(f"`target` {bad[0]} is out of range: the model has {classes} classes")
+
+
+def _check_position_target(target: Any, scores: Tensor) -> None:
+    """Targets of per-token scores ``(batch, seq, n)``: a ``(position, index)`` tuple, or a list
+    of them with one per example."""
+    batch, seq, n = scores.shape
+    expected = (f"the model's scores are per token, (batch, seq, n) = {tuple(scores.shape)}: pass a "
+                "(position, index) tuple, e.g. (start, 0) / (end, 1) for a question-answering model's "
+                "start / end logit, a list of such tuples (one per example), or AnswerSpan(start, end)")
+
+    def is_pair(t: Any) -> bool:
+        return isinstance(t, tuple) and len(t) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in t)
+
+    if is_pair(target):
+        pairs = [target]
+    elif isinstance(target, list) and target and all(is_pair(t) for t in target):
+        pairs = target
+        if len(pairs) != batch:
+            raise ValueError(f"`target` has {len(pairs)} (position, index) pairs for a batch of {batch} examples")
+    else:
+        shown = type(target).__name__ if hasattr(target, "shape") else f"{type(target).__name__} {target!r}"
+        raise TypeError(f"`target` {shown[:80]} cannot select one score per example: {expected}")
+    for position, index in pairs:
+        if not 0 <= position < seq:
+            raise ValueError(f"`target` position {position} is outside the sequence of {seq} tokens")
+        if not 0 <= index < n:
+            raise ValueError(f"`target` index {index} is out of range: the model has {n} scores per token")

@@ -37,9 +37,20 @@ _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl
 
 
 def logits_of(output: Any) -> Tensor:
-    """The score tensor of a model output: itself, ``.logits``, or the first element."""
+    """The score tensor of a model output: itself, ``.logits``, the start and end logits of a
+    question-answering model stacked as ``(batch, seq, 2)`` (index 0 start, 1 end), or the first
+    element of a tuple.
+
+    Example::
+
+        >>> logits_of(qa_model(input_ids=ids)).shape   # doctest: +SKIP
+        torch.Size([1, 12, 2])
+    """
     if isinstance(output, Tensor):
         return output
+    start, end = getattr(output, "start_logits", None), getattr(output, "end_logits", None)
+    if isinstance(start, Tensor) and isinstance(end, Tensor):
+        return torch.stack([start, end], dim=-1)
     logits = getattr(output, "logits", None)
     if isinstance(logits, Tensor):
         return logits
@@ -47,7 +58,8 @@ def logits_of(output: Any) -> Tensor:
         return output[0]
     raise TypeError(
         f"the forward function returned {type(output).__name__}; expected a tensor of "
-        "scores, an output with `.logits`, or a tuple starting with a tensor"
+        "scores, an output with `.logits` (or `.start_logits` and `.end_logits`), or a tuple "
+        "starting with a tensor"
     )
 
 

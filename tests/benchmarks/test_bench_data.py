@@ -44,7 +44,7 @@ def test_mnli_pairs() -> None:
 def test_imdb_long_texts_are_truncated_to_the_model_limit() -> None:
     from transformers import BertTokenizerFast
 
-    tok = BertTokenizerFast(vocab_file=str(shared_data_dir() / "bert_base_uncased_vocab" / "vocab.txt"),
+    tok = BertTokenizerFast(vocab=str(shared_data_dir() / "bert_base_uncased_vocab" / "vocab.txt"),
                             model_max_length=512)
     ex = load_task("imdb", limit=40)
     assert Counter(load_task("imdb").labels) == {0: 497, 1: 503}

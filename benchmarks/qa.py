@@ -1,0 +1,305 @@
+"""Precision@K of every attribution method on extractive question answering (SQuAD).
+
+Each answerable question is explained on the window of its context that holds the gold answer
+(:func:`benchmarks.squad.answer_window`): the attribution of the start logit at the answer's
+first token plus that of the end logit at its last token (:class:`captum_attcat.AnswerSpan`;
+``target="predicted"`` explains the model's own best span instead). Precision@K ranks the
+**context** tokens only (never the question, [CLS]/[SEP] or padding) and reports, per method,
+the number of gold-answer tokens among the top K (the AttCAT paper's Precision@20) and that
+number as a percentage of the answer's length (the Mask-LRP paper's). Unanswerable questions
+(SQuAD v2) are skipped and counted.
+
+Command line (through :mod:`benchmarks.run`)::
+
+    python -m benchmarks.run --task squad --methods all [--limit N] [--k 20] [--qa-target gold|predicted]
+        [--data FILE.json|FILE.jsonl] [--model PATH] [--out DIR]
+
+Example::
+
+    >>> from benchmarks.qa import prepare_questions, evaluate_qa_methods
+    >>> questions, skipped = prepare_questions(model, tokenizer, load_squad(limit=50))  # doctest: +SKIP
+    >>> rows = evaluate_qa_methods(model, tokenizer, questions, {"Saliency": SaliencyEmbeddings})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from captum_attcat import AnswerSpan, logits_of
+
+from .baselines import token_type_kwargs
+from .data import token_batches
+from .metrics import precision_at_k
+from .squad import QAExample, QAWindow, answer_window, best_spans, encode_windows, pad_windows
+
+__all__ = ["QAQuestion", "QAResult", "CURVE_KS", "prepare_questions", "evaluate_qa_methods", "write_qa_results",
+           "run_squad"]
+
+#: the K of the Precision@K plot
+CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 40, 50)
+
+
+@dataclass(frozen=True)
+class QAQuestion:
+    """One question to explain: its window, the gold answer's token span and the explained span."""
+
+    id: str
+    window: QAWindow
+    gold: tuple[int, int]
+    explained: tuple[int, int]
+
+
+@dataclass
+class QAResult:
+    """One method's row: mean Precision@K (count and % of the answer length) for each K."""
+
+    method: str
+    questions: int
+    k: int
+    count: float = float("nan")
+    percent: float = float("nan")
+    explain_seconds: float = 0.0
+    error: str | None = None
+    curve: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {"method": self.method, "questions": self.questions, "k": self.k, "precision_count": self.count,
+                "precision_percent": self.percent, "explain_seconds": self.explain_seconds, "error": self.error}
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prepare_questions(model: Any, tokenizer: Any, examples: Sequence[QAExample], *, max_length: int = 384,
+                      stride: int = 128, target: str = "gold", batch_size: int = 32
+                      ) -> tuple[list[QAQuestion], dict[str, int]]:
+    """The questions to explain and what was skipped: ``{"unanswerable": n, "answer_not_in_window": n}``.
+
+    ``target="predicted"`` explains the model's best span on the answer's window (start <= end,
+    at most 30 tokens, in the context) instead of the gold one.
+    """
+    if target not in ("gold", "predicted"):
+        raise ValueError(f"the QA target must be 'gold' or 'predicted'; got {target!r}")
+    answerable = [e for e in examples if e.answerable]
+    skipped = {"unanswerable": len(examples) - len(answerable), "answer_not_in_window": 0}
+    if not answerable:
+        return [], skipped
+    chosen = answer_window(encode_windows(answerable, tokenizer, max_length, stride))
+    skipped["answer_not_in_window"] = len(answerable) - len(chosen)
+    order = sorted(chosen)
+    windows = [chosen[i] for i in order]
+    explained = [w.answer for w in windows]
+    if target == "predicted":
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        explained = []
+        with torch.no_grad():
+            for s in range(0, len(windows), batch_size):
+                ids, mask, types, context = pad_windows(windows[s:s + batch_size], pad, _device(model))
+                scores = logits_of(model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)))
+                first, last, _ = best_spans(scores[..., 0], scores[..., 1], context)
+                explained += list(zip(first.tolist(), last.tolist()))
+    questions = [QAQuestion(answerable[i].id, w, w.answer, tuple(span))  # type: ignore[arg-type]
+                 for i, w, span in zip(order, windows, explained)]
+    return questions, skipped
+
+
+def evaluate_qa_methods(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[QAQuestion],
+    methods: dict[str, type],
+    *,
+    k: int = 20,
+    curve_ks: Sequence[int] = CURVE_KS,
+    batch_size: int = 32,
+    max_tokens: int | None = 1024,
+    progress: bool = True,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+) -> list[QAResult]:
+    """Explain every question with every method (an :class:`~captum_attcat.AnswerSpan` target)
+    and score Precision@K over the context tokens, for ``k`` and every K of ``curve_ks``.
+
+    Batches hold at most ``batch_size`` questions and ``max_tokens`` tokens once padded, counted
+    twice (the start and the end are explained side by side). A method that fails has ``error``
+    set in its row.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(questions)), key=lambda i: len(questions[i].window.input_ids))
+    ordered = [questions[i] for i in order]
+    budget = None if max_tokens is None else max(1, max_tokens // 2)
+    batches = [ordered[s] for s in token_batches([len(q.window.input_ids) for q in ordered], batch_size, budget)]
+    ks = sorted(set(curve_ks) | {k})
+    results: list[QAResult] = []
+    for name, cls in methods.items():
+        res = QAResult(name, len(questions), k)
+        results.append(res)
+        if not batches:
+            continue
+        try:
+            explainer = cls(model, **(method_kwargs or {}).get(name, {}))
+        except Exception as exc:  # a method that cannot handle this model: report, go on
+            res.error = f"{type(exc).__name__}: {exc}"
+            continue
+        counts: dict[int, list[torch.Tensor]] = {x: [] for x in ks}
+        percents: dict[int, list[torch.Tensor]] = {x: [] for x in ks}
+        bar = tqdm(batches, desc=f"squad:{name}", unit="batch", disable=not progress, leave=False)
+        try:
+            t0 = time.perf_counter()
+            for part in bar:
+                ids, mask, types, context = pad_windows([q.window for q in part], pad, _device(model))
+                span = AnswerSpan([q.explained[0] for q in part], [q.explained[1] for q in part])
+                args = (mask,) if types is None else (mask, types)
+                scores = explainer.attribute(ids, target=span, additional_forward_args=args).detach().float()
+                gold_start = [q.gold[0] for q in part]
+                gold_end = [q.gold[1] for q in part]
+                for x in ks:
+                    c, p = precision_at_k(scores, None, gold_start, gold_end, k=x, attention_mask=context)
+                    counts[x].append(c.float().cpu())
+                    percents[x].append(p.cpu())
+            res.explain_seconds = round(time.perf_counter() - t0, 3)
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+            continue
+        finally:
+            bar.close()
+        res.curve = {x: (float(torch.cat(counts[x]).mean()), float(torch.cat(percents[x]).mean())) for x in ks}
+        res.count, res.percent = res.curve[k]
+    return results
+
+
+def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[str, Any]) -> list[Path]:
+    """``results.md``, ``results.csv``, ``results.json`` and ``precision_at_k.png``; a run with
+    failed methods says so first (``**INCOMPLETE RUN**``, ``"complete": false``)."""
+    from .run import _versions
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = [r for r in results if r.error]
+    payload = {"complete": not failed, "failed": [f"{r.method}: {r.error}" for r in failed], "config": config,
+               "versions": _versions(), "results": [r.row() for r in results],
+               "curves": {r.method: {str(x): {"count": c, "percent": p} for x, (c, p) in r.curve.items()}
+                          for r in results if r.curve}}
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    with open(out_dir / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(QAResult("", 0, 0).row()))
+        w.writeheader()
+        for r in results:
+            w.writerow(r.row())
+    k = config["k"]
+    skipped = config.get("skipped", {})
+    lines = [f"# Precision@{k} on {config.get('task')} ({config.get('model')})", ""]
+    if failed:
+        lines += ["**INCOMPLETE RUN**", "", "These methods failed and are not in the table below:", ""]
+        lines += [f"- `{r.method}`: {r.error}" for r in failed] + [""]
+    lines += [f"{config.get('questions')} questions explained ({config.get('qa_target')} answer spans, "
+              f"start + end attribution); skipped: {skipped.get('unanswerable', 0)} unanswerable, "
+              f"{skipped.get('answer_not_in_window', 0)} with the answer in no window; "
+              f"{config.get('seconds', 0):.0f} s.", "",
+              "Only context tokens are ranked. Count: answer tokens among the top K (AttCAT paper); "
+              "%: the count over the answer's length (Mask-LRP paper).", "",
+              f"| method | Precision@{k} (count) | Precision@{k} (% of answer) | explain s |", "|---|---:|---:|---:|"]
+    for r in sorted((r for r in results if not r.error), key=lambda r: -r.count):
+        lines.append(f"| {r.method} | {r.count:.3f} | {r.percent:.2f} | {r.explain_seconds:.1f} |")
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.curve]
+    if rows:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+        palette = plt.get_cmap("tab20")
+        for i, r in enumerate(rows):
+            ks = sorted(r.curve)
+            style = "--" if r.method == "Random" else ("-" if i < 10 else "-.")
+            look = dict(color=palette(i % 20), marker="os^vD"[i % 5], ms=3, label=r.method)
+            ax1.plot(ks, [r.curve[x][0] for x in ks], style, **look)
+            ax2.plot(ks, [r.curve[x][1] for x in ks], style, **look)
+        ax1.set(xlabel="K (top context tokens)", ylabel="answer tokens in the top K", title="Precision@K (count)")
+        ax2.set(xlabel="K (top context tokens)", ylabel="% of the answer in the top K",
+                title="Precision@K (% of answer length)")
+        ax2.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out_dir / "precision_at_k.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "precision_at_k.png")
+    return written
+
+
+def run_squad(a: Any, argv: Sequence[str] | None) -> int:
+    """``python -m benchmarks.run --task squad ...`` (``a`` holds the parsed options): explain the
+    held-out articles of SQuAD v1.1 dev (or every question of ``--data``), write the tables."""
+    import sys
+
+    from .cli import UsageError
+    from .run import _load_model, available_methods, resolve_head_mask, select_methods
+    from .squad import DEFAULT_SQUAD_FILE, load_squad, split_articles
+
+    progress = not a.no_progress
+    if a.protocol != "paper" or a.kendall:
+        raise UsageError("--protocol and --kendall do not apply to --task squad (Precision@K needs no perturbations)")
+    if a.stride >= a.window:
+        raise UsageError(f"--stride {a.stride} must be smaller than --window {a.window}")
+    methods = select_methods(a.methods, available_methods())
+    if a.data:
+        examples, source = load_squad(a.data), a.data
+    else:
+        examples, source = split_articles(load_squad())[1], f"{DEFAULT_SQUAD_FILE.name} (held-out articles)"
+    examples = examples[:a.limit] if a.limit else examples
+    t0 = time.perf_counter()
+    model, tokenizer, model_path = _load_model(a.model, progress, task="squad")
+    questions, skipped = prepare_questions(model, tokenizer, examples, max_length=a.window, stride=a.stride,
+                                           target=a.qa_target, batch_size=a.batch_size)
+    if not questions:
+        raise UsageError(f"{source}: no answerable question whose answer fits a window of {a.window} tokens")
+    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
+                                                                        "max_tokens": a.max_tokens}}
+    head_mask_source = None
+    if "MaskLRP" in methods:
+        head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
+        methods["MaskLRP"](model, head_mask=head_mask)  # a mask of the wrong shape stops here, before any work
+        method_kwargs["MaskLRP"] = {"head_mask": head_mask}
+        if head_mask is not None:
+            head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
+        print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
+    eval_json = Path(model_path) / "eval.json"
+    model_eval = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
+    t_run, cpu_run = time.perf_counter(), time.process_time()
+    results = evaluate_qa_methods(model, tokenizer, questions, methods, k=a.k, batch_size=a.batch_size,
+                                  max_tokens=a.max_tokens, progress=progress, method_kwargs=method_kwargs)
+    out = Path(a.out) if a.out else Path("results") / ("squad" if not a.data else Path(a.data).stem)
+    config = {
+        "task": "squad", "data": source, "questions_read": len(examples), "questions": len(questions),
+        "skipped": skipped, "limit": a.limit, "model": model_path,
+        "model_exact_match": model_eval.get("exact_match"), "model_f1": model_eval.get("f1"),
+        "methods": list(methods), "k": a.k, "curve_ks": list(CURVE_KS), "qa_target": a.qa_target,
+        "window": a.window, "stride": a.stride, "batch_size": a.batch_size, "max_tokens": a.max_tokens,
+        "ig_steps": a.ig_steps, "head_mask": head_mask_source, "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - t_run, 1), "cpu_seconds": round(time.process_time() - cpu_run, 1),
+        "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
+        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    written = write_qa_results(out, results, config)
+    print((out / "results.md").read_text())
+    print(f"{len(questions)} questions, {len(methods)} methods: {config['seconds']:.1f} s; "
+          f"wrote {', '.join(str(w) for w in written)}")
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"error: squad:{r.method} failed: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"error: incomplete run: {len(failed)} method(s) failed; {out / 'results.md'} lists them", file=sys.stderr)
+        return 1
+    return 0

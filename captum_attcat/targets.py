@@ -1,0 +1,220 @@
+"""Targets that explain one position's score: answer spans of question-answering models.
+
+Models that score every token (question answering, token classification, language models) give
+scores ``(batch, seq, n)``: :func:`~captum_attcat.logits_of` stacks a question-answering model's
+start and end logits as ``(batch, seq, 2)``. A Captum tuple target ``(position, index)`` selects
+one of them, as for any multi-dimensional output: ``(s, 0)`` is the start logit at token ``s``,
+``(e, 1)`` the end logit at token ``e``; a list of such pairs gives one per example.
+
+:class:`AnswerSpan` explains an answer the way both source papers do: the attribution of the
+start logit at the span's first token plus the attribution of the end logit at its last token
+(``part="start"`` or ``"end"`` for either alone). Every method of the library accepts it as
+``target``; :func:`span_attribution` gives the same sum for any Captum attribution method.
+
+Methods that read one query row (raw attention, rollout, TransAtt, ...) read the row of the
+explained position for a position target: the start (end) token for the start (end) logit.
+
+Example::
+
+    >>> from captum_attcat import AttCAT, AnswerSpan
+    >>> span = AnswerSpan(start=[14, 9], end=[15, 12])            # one gold span per example
+    >>> scores = AttCAT(qa_model).attribute(ids, target=span, additional_forward_args=(mask, types))
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["AnswerSpan", "span_attribution", "target_positions", "accepts_answer_spans"]
+
+_PARTS = ("both", "start", "end")
+
+
+def _positions(value: Any, name: str) -> Tensor:
+    if isinstance(value, bool) or (isinstance(value, Tensor) and (value.is_floating_point() or value.dtype == torch.bool)):
+        raise TypeError(f"AnswerSpan `{name}` must be token positions (an int, a list of ints or an integer "
+                        f"tensor); got {value!r}"[:200])
+    if isinstance(value, int):
+        return torch.tensor([value])
+    if isinstance(value, Tensor):
+        if value.dim() > 1:
+            raise ValueError(f"AnswerSpan `{name}` must be 1-D (one position per example); got shape "
+                             f"{tuple(value.shape)}")
+        return value.detach().to("cpu", torch.long).flatten()
+    if isinstance(value, Sequence) and not isinstance(value, str) and value and \
+            all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return torch.tensor(list(value))
+    raise TypeError(f"AnswerSpan `{name}` must be token positions (an int, a list of ints or an integer tensor); "
+                    f"got {type(value).__name__} {value!r}"[:200])
+
+
+class AnswerSpan:
+    r"""The answer span of a question-answering model as an attribution target.
+
+    Args:
+        start: the first token of the answer: an int (every example) or one per example.
+        end: the last token of the answer (inclusive), same form.
+        part: ``"both"`` (default: start plus end attribution, as both papers), ``"start"``
+            or ``"end"``.
+
+    Positions index the tokenized input (question and context together), so they must be real
+    tokens (not padding) and ``start <= end``; both are checked against the inputs.
+
+    Example::
+
+        >>> span = AnswerSpan(torch.tensor([14, 9]), torch.tensor([15, 12]))
+        >>> span.pairs("start")
+        [(14, 0), (9, 0)]
+    """
+
+    def __init__(self, start: Any, end: Any, part: str = "both") -> None:
+        self.start = _positions(start, "start")
+        self.end = _positions(end, "end")
+        if part not in _PARTS:
+            raise ValueError(f"AnswerSpan `part` must be one of {_PARTS}; got {part!r}")
+        self.part = part
+        if len(self.start) != len(self.end):
+            raise ValueError(f"AnswerSpan has {len(self.start)} start but {len(self.end)} end positions")
+        bad = (self.start > self.end).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"AnswerSpan example {i}: start {int(self.start[i])} is after end {int(self.end[i])}")
+
+    def __repr__(self) -> str:
+        return f"AnswerSpan(start={self.start.tolist()}, end={self.end.tolist()}, part={self.part!r})"
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def for_batch(self, inputs: Tensor, attention_mask: Tensor | None = None) -> "AnswerSpan":
+        """This span with one position per example of ``inputs`` (an int given for all is
+        repeated), checked to be inside the sequence and on real tokens."""
+        batch, seq = inputs.shape[:2]
+        start, end = self.start, self.end
+        if len(start) == 1 and batch != 1:
+            start, end = start.expand(batch), end.expand(batch)
+        if len(start) != batch:
+            raise ValueError(f"AnswerSpan has {len(start)} spans for a batch of {batch} examples")
+        for name, pos in (("start", start), ("end", end)):
+            out = ((pos < 0) | (pos >= seq)).nonzero()
+            if len(out):
+                i = int(out[0])
+                raise ValueError(f"AnswerSpan {name} {int(pos[i])} (example {i}) is outside the sequence of "
+                                 f"{seq} tokens")
+            if attention_mask is not None:
+                real = attention_mask.detach().to("cpu")[torch.arange(batch), pos] != 0
+                if not bool(real.all()):
+                    i = int((~real).nonzero()[0])
+                    raise ValueError(f"AnswerSpan {name} {int(pos[i])} (example {i}) is a padding position")
+        return AnswerSpan(start.clone(), end.clone(), self.part)
+
+    def pairs(self, part: str) -> list[tuple[int, int]]:
+        """Captum tuple targets ``(position, 0)`` for ``"start"``, ``(position, 1)`` for ``"end"``."""
+        positions, index = (self.start, 0) if part == "start" else (self.end, 1)
+        return [(int(p), index) for p in positions]
+
+    def select(self, scores: Tensor) -> Tensor:
+        """``(batch,)``: start logit at ``start`` plus end logit at ``end`` (or one of them) from
+        the ``(batch, seq, 2)`` scores of a question-answering model."""
+        if scores.dim() != 3 or scores.shape[-1] != 2:
+            raise ValueError(f"AnswerSpan explains a question-answering model, whose scores are (batch, seq, 2) "
+                             f"(start and end logits); the model's scores are {tuple(scores.shape)}")
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        start, end = self.start.to(scores.device), self.end.to(scores.device)
+        if self.part == "start":
+            return scores[rows, start, 0]
+        if self.part == "end":
+            return scores[rows, end, 1]
+        return scores[rows, start, 0] + scores[rows, end, 1]
+
+
+def _repeat_batch(value: Any, batch: int, times: int) -> Any:
+    """``value`` stacked ``times`` along the batch dimension if it has one, else as it is."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value.repeat(times, *([1] * (value.dim() - 1)))
+    return value
+
+
+def span_attribution(
+    attribute: Callable[..., Tensor],
+    inputs: Tensor,
+    span: AnswerSpan,
+    additional_forward_args: Any = None,
+    **kwargs: Any,
+) -> Tensor:
+    r"""``attribute(inputs, target=(start, 0)) + attribute(inputs, target=(end, 1))`` per example
+    (one of them for ``span.part="start"/"end"``), as one call on the batch stacked twice.
+
+    Works with any Captum attribution method whose forward function returns the
+    ``(batch, seq, 2)`` scores of :func:`~captum_attcat.logits_of`. Tensors in
+    ``additional_forward_args`` and ``kwargs`` whose first dimension is the batch are stacked
+    with the inputs.
+
+    Example::
+
+        >>> ig = IntegratedGradients(lambda e, m: logits_of(qa_model(inputs_embeds=e, attention_mask=m)))
+        >>> attr = span_attribution(ig.attribute, embeds, AnswerSpan(14, 15), (mask,))  # doctest: +SKIP
+    """
+    args = additional_forward_args
+    if args is not None and not isinstance(args, tuple):
+        args = (args,)
+    mask = args[0] if args and isinstance(args[0], Tensor) else None
+    span = span.for_batch(inputs, mask)
+    if span.part != "both":
+        return attribute(inputs, target=span.pairs(span.part), additional_forward_args=args, **kwargs)
+    batch = inputs.shape[0]
+    doubled = _repeat_batch(inputs, batch, 2)
+    args2 = None if args is None else tuple(_repeat_batch(a, batch, 2) for a in args)
+    kwargs2 = {k: _repeat_batch(v, batch, 2) for k, v in kwargs.items()}
+    out = attribute(doubled, target=span.pairs("start") + span.pairs("end"), additional_forward_args=args2, **kwargs2)
+    return out[:batch] + out[batch:]
+
+
+def target_positions(target: Any, batch: int, device: Any = None) -> Tensor | None:
+    """The explained token of each example for a position target (a ``(position, index)`` tuple
+    or a list of them), ``None`` for any other target.
+
+    Example::
+
+        >>> target_positions([(14, 0), (9, 0)], 2)
+        tensor([14,  9])
+    """
+    if isinstance(target, tuple) and target and isinstance(target[0], int):
+        return torch.full((batch,), int(target[0]), dtype=torch.long, device=device)
+    if isinstance(target, list) and target and all(isinstance(t, tuple) and t for t in target):
+        return torch.tensor([int(t[0]) for t in target], dtype=torch.long, device=device)
+    return None
+
+
+def accepts_answer_spans(attribute: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Decorate a method's ``attribute(self, inputs, target, additional_forward_args, **kwargs)``
+    so that an :class:`AnswerSpan` target is explained: in one pass when the method is linear
+    in the explained score (class attribute ``linear_in_target``: the sum of two attributions
+    is the attribution of the summed scores), else through :func:`span_attribution`."""
+
+    @functools.wraps(attribute)
+    def wrapper(self: Any, inputs: Any, target: Any = None, additional_forward_args: Any = None, **kwargs: Any
+                ) -> Tensor:
+        if not isinstance(target, AnswerSpan):
+            return attribute(self, inputs, target, additional_forward_args, **kwargs)
+        from ._utils.validation import check_token_inputs
+
+        args = additional_forward_args
+        if args is not None and not isinstance(args, tuple):
+            args = (args,)
+        mask = args[0] if args and isinstance(args[0], Tensor) else None
+        if target.part != "both":
+            span = target.for_batch(check_token_inputs(inputs), mask)
+            return attribute(self, inputs, span.pairs(span.part), additional_forward_args, **kwargs)
+        if getattr(self, "linear_in_target", False):
+            return attribute(self, inputs, target.for_batch(check_token_inputs(inputs), mask),
+                             additional_forward_args, **kwargs)
+        return span_attribution(functools.partial(attribute, self), inputs, target, additional_forward_args,
+                                **kwargs)
+
+    wrapper.__wrapped_for_spans__ = True  # type: ignore[attr-defined]
+    return wrapper
