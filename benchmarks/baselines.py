@@ -65,17 +65,40 @@ def _target(target: Any, batch: int) -> Any:
     return t.expand(batch) if t.numel() == 1 else t
 
 
+def _scores(output: Any, span: torch.Tensor | None) -> torch.Tensor:
+    """The model's scores, or with ``span`` (``(batch, 2)`` start and end positions) each row's
+    start logit at its start plus end logit at its end, ``(batch, 1)``."""
+    scores = logits_of(output)
+    if span is None:
+        return scores
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    return (scores[rows, span[:, 0], 0] + scores[rows, span[:, 1], 1])[:, None]
+
+
 class _EmbeddingMethod:
-    """Shared pieces: the model's word-embedding layer and a forward from embeddings."""
+    """Shared pieces: the model's word-embedding layer, a forward from embeddings, and answer spans."""
+
+    #: whether the attribution is linear in the explained score: the attribution of start + end
+    #: logit is then the sum of the two attributions, and an AnswerSpan takes one pass
+    linear_in_target = False
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.embeddings = model.get_input_embeddings()
 
     def _forward_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
-                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return logits_of(self.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                    **token_type_kwargs(token_type_ids)))
+                        token_type_ids: torch.Tensor | None = None, span: torch.Tensor | None = None) -> torch.Tensor:
+        return _scores(self.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                  **token_type_kwargs(token_type_ids)), span)
+
+    def _summed_span(self, target: Any, inputs: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
+                     ) -> tuple[tuple, Any] | None:
+        """``(forward args, target)`` explaining an AnswerSpan's start + end in one pass, for a
+        method linear in the score; ``None`` where that does not apply."""
+        if not (self.linear_in_target and isinstance(target, AnswerSpan) and target.part == "both"):
+            return None
+        span = target.for_batch(inputs, mask)
+        return (mask, types, torch.stack([span.start, span.end], 1).to(inputs.device)), 0
 
     def _grad_scores(self, method: Any, input_ids: torch.Tensor, target: Any, additional_forward_args: Any
                      ) -> torch.Tensor:
@@ -84,7 +107,10 @@ class _EmbeddingMethod:
             embeds = self.embeddings(input_ids)
         embeds.requires_grad_()
         args = (mask,) if types is None else (mask, types)
-        if isinstance(target, AnswerSpan):
+        summed = self._summed_span(target, input_ids, mask, types)
+        if summed is not None:
+            attr = method.attribute(embeds, target=summed[1], additional_forward_args=summed[0])
+        elif isinstance(target, AnswerSpan):
             attr = span_attribution(method.attribute, embeds, target, args)
         else:
             attr = method.attribute(embeds, target=_target(target, input_ids.shape[0]), additional_forward_args=args)
@@ -102,6 +128,8 @@ class SaliencyEmbeddings(_EmbeddingMethod):
 class InputXGradientEmbeddings(_EmbeddingMethod):
     """Captum ``InputXGradient`` on the word embeddings, summed over the hidden dimension."""
 
+    linear_in_target = True
+
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
         return self._grad_scores(InputXGradient(self._forward_embeds), input_ids, target, additional_forward_args)
@@ -114,6 +142,8 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
     one pass, and ``max_tokens`` (when given) the rows times the width of the inputs, so that
     long texts cost no more memory per pass than short ones.
     """
+
+    linear_in_target = True
 
     def __init__(self, model: Any, n_steps: int = 50, internal_batch_size: int | None = 256,
                  max_tokens: int | None = None) -> None:
@@ -129,14 +159,8 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
 
     def _forward_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      token_type_ids: torch.Tensor | None = None, span: torch.Tensor | None = None) -> torch.Tensor:
-        scores = logits_of(self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                      **token_type_kwargs(token_type_ids)))
-        if span is None:
-            return scores
-        # an answer span (start, end) per row: IG is linear in the explained score, so the
-        # attribution of start + end logit is the sum of the two attributions, in one pass
-        rows = torch.arange(scores.shape[0], device=scores.device)
-        return (scores[rows, span[:, 0], 0] + scores[rows, span[:, 1], 1])[:, None]
+        return _scores(self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                  **token_type_kwargs(token_type_ids)), span)
 
     def attribute(self, input_ids: torch.Tensor, target: Any = None, additional_forward_args: Any = None
                   ) -> torch.Tensor:
@@ -157,9 +181,9 @@ class IntegratedGradientsEmbeddings(_EmbeddingMethod):
         if self.max_tokens is not None:
             rows = max(1, min(rows or self.max_tokens, self.max_tokens // input_ids.shape[1]))
         args: tuple = (mask,) if types is None else (mask, types)
-        if isinstance(target, AnswerSpan) and target.part == "both":
-            span = target.for_batch(input_ids, mask)
-            args, target = (mask, types, torch.stack([span.start, span.end], 1).to(input_ids.device)), 0
+        summed = self._summed_span(target, input_ids, mask, types)
+        if summed is not None:
+            args, target = summed
         elif isinstance(target, AnswerSpan):
             target = target.for_batch(input_ids, mask).pairs(target.part)
         attr = lig.attribute(input_ids, baselines=baseline, target=_target(target, input_ids.shape[0]),

@@ -327,3 +327,21 @@ def test_finetune_squad_on_a_tiny_model(tmp_path: Path, qa_model_dirs: dict[str,
     assert info["held_out_questions"] == 1975 and info["train_questions"] == 64 and info["steps"] >= 4
     assert 0 <= info["exact_match"] <= info["f1"] <= 100
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["IntegratedGradients", "InputXGradient", "Saliency"])
+def test_baselines_explain_a_span_as_start_plus_end(name: str) -> None:
+    """One pass on start + end logit (linear methods) or two (Saliency): the sum of the two."""
+    from benchmarks.baselines import BASELINES
+    from captum_attcat import AnswerSpan
+    from conftest import padded_batch, tiny_qa_model
+
+    model = tiny_qa_model("bert")
+    ids, mask = padded_batch([9, 6])
+    kwargs = {"n_steps": 6} if name == "IntegratedGradients" else {}
+    method = BASELINES[name](model, **kwargs)
+    span = AnswerSpan([2, 1], [4, 5])
+    both = method.attribute(ids, target=span, additional_forward_args=(mask,))
+    parts = sum(method.attribute(ids, target=span.pairs(p), additional_forward_args=(mask,)) for p in ("start", "end"))
+    torch.testing.assert_close(both, parts, rtol=1e-5, atol=1e-6)
+    assert (both[mask == 0] == 0).all() and both.abs().sum() > 0
