@@ -74,7 +74,9 @@ class CAT(TransformerAttribution):
         Args:
             inputs: token ids ``(batch, seq)``, or input embeddings
                 ``(batch, seq, hidden)`` when the forward function takes them.
-            target: the output index to explain, as Captum's ``TargetType``.
+            target: the output index to explain, as Captum's ``TargetType``: a class,
+                ``(position, index)`` pairs for per-token outputs (a QA model's start/end
+                logits), or an ``AnswerSpan``.
             additional_forward_args: further arguments of the forward function;
                 the first is the attention mask ``(batch, seq)``, as for Hugging
                 Face models.
@@ -129,7 +131,9 @@ class AttCAT(TransformerAttribution):
         Args:
             inputs: token ids ``(batch, seq)``, or input embeddings
                 ``(batch, seq, hidden)`` when the forward function takes them.
-            target: the output index to explain, as Captum's ``TargetType``.
+            target: the output index to explain, as Captum's ``TargetType``: a class,
+                ``(position, index)`` pairs for per-token outputs (a QA model's start/end
+                logits), or an ``AnswerSpan``.
             additional_forward_args: further arguments of the forward function;
                 the first is the attention mask ``(batch, seq)``.
             attribute_to_layer_input: use the blocks' input hidden states

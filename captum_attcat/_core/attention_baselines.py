@@ -33,7 +33,9 @@ _ARGS = r"""
         Args:
             inputs: token ids ``(batch, seq)``, or input embeddings
                 ``(batch, seq, hidden)`` when the forward function takes them.
-            target: the output index to explain, as Captum's ``TargetType``{target_note}.
+            target: the output index to explain, as Captum's ``TargetType``: a class,
+                ``(position, index)`` pairs for per-token outputs (a QA model's
+                ``(batch, seq, 2)`` start/end logits), or an ``AnswerSpan``{target_note}.
             additional_forward_args: further arguments of the forward function;
                 the first is the attention mask ``(batch, seq)``.{extra}
 
@@ -81,7 +83,8 @@ class RawAttention(_AttentionOnly):
         run = self._attention(inputs, target, additional_forward_args)
         return self._row(head_mean(run.attentions[-1]), _mask(run), target)
 
-    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
+    attribute.__doc__ = _ARGS.format(target_note=(
+        "; a class index is not used (checked\n                when given), a position target picks the row read"), extra="")
 
 
 @register_method("AttentionRollout")
@@ -99,7 +102,8 @@ class AttentionRollout(_AttentionOnly):
         run = self._attention(inputs, target, additional_forward_args)
         return self._row(rollout([head_mean(a) for a in run.attentions]), _mask(run), target)
 
-    attribute.__doc__ = _ARGS.format(target_note=" (not used; checked when given)", extra="")
+    attribute.__doc__ = _ARGS.format(target_note=(
+        "; a class index is not used (checked\n                when given), a position target picks the row read"), extra="")
 
 
 @register_method("AttentionGradient")

@@ -165,7 +165,9 @@ _ARGS = r"""
         Args:
             inputs: token ids ``(batch, seq)``, or input embeddings
                 ``(batch, seq, hidden)`` when the forward function takes them.
-            target: the output index to explain, as Captum's ``TargetType``;
+            target: the output index to explain, as Captum's ``TargetType`` (a class,
+                ``(position, index)`` pairs for per-token outputs (a QA model's start/end
+                logits), or an ``AnswerSpan``);
                 relevance starts as 1.0 at this (pre-softmax) logit.
             additional_forward_args: further arguments of the forward function;
                 the first is the attention mask ``(batch, seq)``.{extra}

@@ -134,7 +134,9 @@ class MaskLRP(LRPAttribution):
         r"""
         Args:
             inputs: token ids ``(batch, seq)`` or input embeddings.
-            target: the output index to explain (Captum's ``TargetType``).
+            target: the output index to explain, as Captum's ``TargetType``: a class,
+                ``(position, index)`` pairs for per-token outputs (a QA model's start/end
+                logits), or an ``AnswerSpan``.
             additional_forward_args: the attention mask first, as for Hugging Face models.
 
         Returns:
