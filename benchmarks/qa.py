@@ -1,18 +1,22 @@
 """Precision@K of every attribution method on extractive question answering (SQuAD).
 
 Each answerable question is explained on the window of its context that holds the gold answer
-(:func:`benchmarks.squad.answer_window`): the attribution of the start logit at the answer's
-first token plus that of the end logit at its last token (:class:`captum_attcat.AnswerSpan`;
-``target="predicted"`` explains the model's own best span instead). Precision@K ranks the
-**context** tokens only (never the question, [CLS]/[SEP] or padding) and reports, per method,
-the number of gold-answer tokens among the top K (the AttCAT paper's Precision@20) and that
-number as a percentage of the answer's length (the Mask-LRP paper's). Unanswerable questions
-(SQuAD v2) are skipped and counted.
+(:func:`benchmarks.squad.answer_window`): the attribution of the start logit at the explained
+span's first token plus that of the end logit at its last token (:class:`captum_attcat.AnswerSpan`).
+Precision@K counts the gold-answer tokens among the top K ranked tokens (the AttCAT paper's
+Precision@20) and gives that count as a percentage of the answer's length (the Mask-LRP paper's).
+Unanswerable questions (SQuAD v2) are skipped and counted.
+
+Protocols (:data:`QA_PROTOCOLS`): ``paper`` follows the papers' text (the gold span explained,
+only **context** tokens ranked: never the question, [CLS]/[SEP] or padding); ``attcat`` and
+``masklrp`` follow the authors' code (the model's predicted span explained, every real token
+ranked; Mask-LRP's % is the mean count over the mean answer length). Protocols that explain the
+same span share the explanations.
 
 Command line (through :mod:`benchmarks.run`)::
 
-    python -m benchmarks.run --task squad --methods all [--limit N] [--k 20] [--qa-target gold|predicted]
-        [--data FILE.json|FILE.jsonl] [--model PATH] [--out DIR]
+    python -m benchmarks.run --task squad --methods all [--protocol paper|attcat|masklrp|all] [--limit N]
+        [--k 20] [--qa-target gold|predicted] [--data FILE.json|FILE.jsonl] [--model PATH] [--out DIR]
 
 Example::
 
@@ -24,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -39,7 +44,7 @@ from .data import token_batches
 from .metrics import precision_at_k
 from .squad import QAExample, QAWindow, answer_window, best_spans, encode_windows, pad_windows
 
-__all__ = ["QAQuestion", "QAResult", "CURVE_KS", "prepare_questions", "evaluate_qa_methods", "write_qa_results",
+__all__ = ["QAQuestion", "QAProtocol", "QA_PROTOCOLS", "QAResult", "CURVE_KS", "prepare_questions", "evaluate_qa_methods", "write_qa_results",
            "run_squad"]
 
 #: the K of the Precision@K plot
@@ -48,18 +53,55 @@ CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 40, 50)
 
 @dataclass(frozen=True)
 class QAQuestion:
-    """One question to explain: its window, the gold answer's token span and the explained span."""
+    """One question to explain: its window, the gold answer's token span and the model's best span."""
 
     id: str
     window: QAWindow
     gold: tuple[int, int]
-    explained: tuple[int, int]
+    predicted: tuple[int, int]
+
+    def span(self, target: str) -> tuple[int, int]:
+        """The explained span: ``"gold"`` or ``"predicted"``."""
+        return self.gold if target == "gold" else self.predicted
+
+
+@dataclass(frozen=True)
+class QAProtocol:
+    """What a Precision@K run explains and counts.
+
+    ``target``: the span explained (``"gold"`` or the model's ``"predicted"`` one); ``ranked``:
+    the tokens ranked (``"context"`` only, or ``"all"`` real tokens, question and [CLS]/[SEP]
+    included); ``percent``: the % of the answer per question then averaged
+    (``"per_question"``), or mean count over mean answer length (``"ratio_of_means"``).
+    """
+
+    name: str
+    target: str
+    ranked: str
+    percent: str
+    description: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+#: ``paper``: the papers' text (gold answers, context tokens); ``attcat`` / ``masklrp``: their
+#: reference code (the predicted span's start and end explained, every token ranked)
+QA_PROTOCOLS: dict[str, QAProtocol] = {
+    "paper": QAProtocol("paper", "gold", "context", "per_question",
+                        "gold answer span; context tokens ranked; % per question"),
+    "attcat": QAProtocol("attcat", "predicted", "all", "per_question",
+                         "AttCAT reference notebooks: predicted span; every token ranked; the count"),
+    "masklrp": QAProtocol("masklrp", "predicted", "all", "ratio_of_means",
+                          "Mask-LRP reference code: predicted span; every token ranked; mean count / mean answer length"),
+}
 
 
 @dataclass
 class QAResult:
     """One method's row: mean Precision@K (count and % of the answer length) for each K."""
 
+    protocol: str
     method: str
     questions: int
     k: int
@@ -70,7 +112,7 @@ class QAResult:
     curve: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        return {"method": self.method, "questions": self.questions, "k": self.k, "precision_count": self.count,
+        return {"protocol": self.protocol, "method": self.method, "questions": self.questions, "k": self.k, "precision_count": self.count,
                 "precision_percent": self.percent, "explain_seconds": self.explain_seconds, "error": self.error}
 
 
@@ -79,15 +121,12 @@ def _device(model: Any) -> torch.device:
 
 
 def prepare_questions(model: Any, tokenizer: Any, examples: Sequence[QAExample], *, max_length: int = 384,
-                      stride: int = 128, target: str = "gold", batch_size: int = 32
-                      ) -> tuple[list[QAQuestion], dict[str, int]]:
+                      stride: int = 128, batch_size: int = 32) -> tuple[list[QAQuestion], dict[str, int]]:
     """The questions to explain and what was skipped: ``{"unanswerable": n, "answer_not_in_window": n}``.
 
-    ``target="predicted"`` explains the model's best span on the answer's window (start <= end,
-    at most 30 tokens, in the context) instead of the gold one.
+    Each question keeps the window holding its gold answer, the gold token span, and the model's
+    best span on that window (start <= end, at most 30 tokens, in the context).
     """
-    if target not in ("gold", "predicted"):
-        raise ValueError(f"the QA target must be 'gold' or 'predicted'; got {target!r}")
     answerable = [e for e in examples if e.answerable]
     skipped = {"unanswerable": len(examples) - len(answerable), "answer_not_in_window": 0}
     if not answerable:
@@ -96,18 +135,16 @@ def prepare_questions(model: Any, tokenizer: Any, examples: Sequence[QAExample],
     skipped["answer_not_in_window"] = len(answerable) - len(chosen)
     order = sorted(chosen)
     windows = [chosen[i] for i in order]
-    explained = [w.answer for w in windows]
-    if target == "predicted":
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        explained = []
-        with torch.no_grad():
-            for s in range(0, len(windows), batch_size):
-                ids, mask, types, context = pad_windows(windows[s:s + batch_size], pad, _device(model))
-                scores = logits_of(model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)))
-                first, last, _ = best_spans(scores[..., 0], scores[..., 1], context)
-                explained += list(zip(first.tolist(), last.tolist()))
-    questions = [QAQuestion(answerable[i].id, w, w.answer, tuple(span))  # type: ignore[arg-type]
-                 for i, w, span in zip(order, windows, explained)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    predicted: list[tuple[int, int]] = []
+    with torch.no_grad():
+        for s in range(0, len(windows), batch_size):
+            ids, mask, types, context = pad_windows(windows[s:s + batch_size], pad, _device(model))
+            scores = logits_of(model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)))
+            first, last, _ = best_spans(scores[..., 0], scores[..., 1], context)
+            predicted += list(zip(first.tolist(), last.tolist()))
+    questions = [QAQuestion(answerable[i].id, w, w.answer, span)  # type: ignore[arg-type]
+                 for i, w, span in zip(order, windows, predicted)]
     return questions, skipped
 
 
@@ -116,6 +153,7 @@ def evaluate_qa_methods(
     tokenizer: Any,
     questions: Sequence[QAQuestion],
     methods: dict[str, type],
+    protocols: Sequence[QAProtocol] = (QA_PROTOCOLS["paper"],),
     *,
     k: int = 20,
     curve_ks: Sequence[int] = CURVE_KS,
@@ -124,12 +162,13 @@ def evaluate_qa_methods(
     progress: bool = True,
     method_kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> list[QAResult]:
-    """Explain every question with every method (an :class:`~captum_attcat.AnswerSpan` target)
-    and score Precision@K over the context tokens, for ``k`` and every K of ``curve_ks``.
+    """Explain every question with every method (an :class:`~captum_attcat.AnswerSpan` target on
+    each protocol's span) and score Precision@K of the gold answer, for ``k`` and every K of
+    ``curve_ks``; protocols explaining the same span share the explanations.
 
     Batches hold at most ``batch_size`` questions and ``max_tokens`` tokens once padded, counted
     twice (the start and the end are explained side by side). A method that fails has ``error``
-    set in its row.
+    set in its rows.
     """
     from tqdm.auto import tqdm
 
@@ -142,56 +181,69 @@ def evaluate_qa_methods(
     ks = sorted(set(curve_ks) | {k})
     results: list[QAResult] = []
     for name, cls in methods.items():
-        res = QAResult(name, len(questions), k)
-        results.append(res)
+        rows = {p.name: QAResult(p.name, name, len(questions), k) for p in protocols}
+        results.extend(rows.values())
         if not batches:
             continue
         try:
             explainer = cls(model, **(method_kwargs or {}).get(name, {}))
         except Exception as exc:  # a method that cannot handle this model: report, go on
-            res.error = f"{type(exc).__name__}: {exc}"
+            for res in rows.values():
+                res.error = f"{type(exc).__name__}: {exc}"
             continue
-        counts: dict[int, list[torch.Tensor]] = {x: [] for x in ks}
-        percents: dict[int, list[torch.Tensor]] = {x: [] for x in ks}
-        bar = tqdm(batches, desc=f"squad:{name}", unit="batch", disable=not progress, leave=False)
-        try:
-            t0 = time.perf_counter()
-            for part in bar:
-                ids, mask, types, context = pad_windows([q.window for q in part], pad, _device(model))
-                span = AnswerSpan([q.explained[0] for q in part], [q.explained[1] for q in part])
-                args = (mask,) if types is None else (mask, types)
-                scores = explainer.attribute(ids, target=span, additional_forward_args=args).detach().float()
-                gold_start = [q.gold[0] for q in part]
-                gold_end = [q.gold[1] for q in part]
+        for target in dict.fromkeys(p.target for p in protocols):
+            sharing = [p for p in protocols if p.target == target]
+            counts = {(p.name, x): [] for p in sharing for x in ks}  # type: dict[tuple[str, int], list[torch.Tensor]]
+            lengths: list[torch.Tensor] = []
+            bar = tqdm(batches, desc=f"squad:{name}:{target}", unit="batch", disable=not progress, leave=False)
+            try:
+                t0 = time.perf_counter()
+                for part in bar:
+                    ids, mask, types, context = pad_windows([q.window for q in part], pad, _device(model))
+                    explained = [q.span(target) for q in part]
+                    span = AnswerSpan([a for a, _ in explained], [b for _, b in explained])
+                    args = (mask,) if types is None else (mask, types)
+                    scores = explainer.attribute(ids, target=span, additional_forward_args=args).detach().float()
+                    first, last = [q.gold[0] for q in part], [q.gold[1] for q in part]
+                    lengths.append(torch.tensor([b - a + 1 for a, b in zip(first, last)], dtype=torch.float64))
+                    for p in sharing:
+                        rankable = context if p.ranked == "context" else mask
+                        for x in ks:
+                            c, _ = precision_at_k(scores, None, first, last, k=x, attention_mask=rankable)
+                            counts[(p.name, x)].append(c.double().cpu())
+                seconds = round(time.perf_counter() - t0, 3)
+            except Exception as exc:
+                for p in sharing:
+                    rows[p.name].error = f"{type(exc).__name__}: {exc}"
+                continue
+            finally:
+                bar.close()
+            length = torch.cat(lengths)
+            for p in sharing:
+                res = rows[p.name]
+                res.explain_seconds = seconds
                 for x in ks:
-                    c, p = precision_at_k(scores, None, gold_start, gold_end, k=x, attention_mask=context)
-                    counts[x].append(c.float().cpu())
-                    percents[x].append(p.cpu())
-            res.explain_seconds = round(time.perf_counter() - t0, 3)
-        except Exception as exc:
-            res.error = f"{type(exc).__name__}: {exc}"
-            continue
-        finally:
-            bar.close()
-        res.curve = {x: (float(torch.cat(counts[x]).mean()), float(torch.cat(percents[x]).mean())) for x in ks}
-        res.count, res.percent = res.curve[k]
+                    c = torch.cat(counts[(p.name, x)])
+                    pct = 100 * c.mean() / length.mean() if p.percent == "ratio_of_means" else (100 * c / length).mean()
+                    res.curve[x] = (float(c.mean()), float(pct))
+                res.count, res.percent = res.curve[k]
     return results
 
 
 def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[str, Any]) -> list[Path]:
-    """``results.md``, ``results.csv``, ``results.json`` and ``precision_at_k.png``; a run with
-    failed methods says so first (``**INCOMPLETE RUN**``, ``"complete": false``)."""
+    """``results.md``, ``results.csv``, ``results.json`` and ``precision_at_k_<protocol>.png``; a
+    run with failed methods says so first (``**INCOMPLETE RUN**``, ``"complete": false``)."""
     from .run import _versions
 
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in results if r.error]
-    payload = {"complete": not failed, "failed": [f"{r.method}: {r.error}" for r in failed], "config": config,
-               "versions": _versions(), "results": [r.row() for r in results],
-               "curves": {r.method: {str(x): {"count": c, "percent": p} for x, (c, p) in r.curve.items()}
+    payload = {"complete": not failed, "failed": [f"{r.protocol}:{r.method}: {r.error}" for r in failed],
+               "config": config, "versions": _versions(), "results": [r.row() for r in results],
+               "curves": {f"{r.protocol}/{r.method}": {str(x): {"count": c, "percent": p} for x, (c, p) in r.curve.items()}
                           for r in results if r.curve}}
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     with open(out_dir / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(QAResult("", 0, 0).row()))
+        w = csv.DictWriter(fh, fieldnames=list(QAResult("", "", 0, 0).row()))
         w.writeheader()
         for r in results:
             w.writerow(r.row())
@@ -199,18 +251,20 @@ def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[st
     skipped = config.get("skipped", {})
     lines = [f"# Precision@{k} on {config.get('task')} ({config.get('model')})", ""]
     if failed:
-        lines += ["**INCOMPLETE RUN**", "", "These methods failed and are not in the table below:", ""]
-        lines += [f"- `{r.method}`: {r.error}" for r in failed] + [""]
-    lines += [f"{config.get('questions')} questions explained ({config.get('qa_target')} answer spans, "
-              f"start + end attribution); skipped: {skipped.get('unanswerable', 0)} unanswerable, "
-              f"{skipped.get('answer_not_in_window', 0)} with the answer in no window; "
-              f"{config.get('seconds', 0):.0f} s.", "",
-              "Only context tokens are ranked. Count: answer tokens among the top K (AttCAT paper); "
-              "%: the count over the answer's length (Mask-LRP paper).", "",
-              f"| method | Precision@{k} (count) | Precision@{k} (% of answer) | explain s |", "|---|---:|---:|---:|"]
-    for r in sorted((r for r in results if not r.error), key=lambda r: -r.count):
-        lines.append(f"| {r.method} | {r.count:.3f} | {r.percent:.2f} | {r.explain_seconds:.1f} |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+        lines += ["**INCOMPLETE RUN**", "", "These methods failed and are not in the tables below:", ""]
+        lines += [f"- `{r.protocol}:{r.method}`: {r.error}" for r in failed] + [""]
+    lines += [f"{config.get('questions')} questions (start + end attribution of the explained span); skipped: "
+              f"{skipped.get('unanswerable', 0)} unanswerable, {skipped.get('answer_not_in_window', 0)} with the "
+              f"answer in no window; {config.get('seconds', 0):.0f} s. Count: gold-answer tokens among the top "
+              "K (AttCAT paper); %: of the answer's length (Mask-LRP paper).", ""]
+    for name in dict.fromkeys(r.protocol for r in results):
+        pc = config["protocols"][name]
+        lines += [f"## protocol `{name}`: {pc['description']}", "",
+                  f"| method | Precision@{k} (count) | Precision@{k} (% of answer) | explain s |", "|---|---:|---:|---:|"]
+        for r in sorted((r for r in results if r.protocol == name and not r.error), key=lambda r: -r.count):
+            lines.append(f"| {r.method} | {r.count:.3f} | {r.percent:.2f} | {r.explain_seconds:.1f} |")
+        lines.append("")
+    (out_dir / "results.md").write_text("\n".join(lines))
     written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
 
     import matplotlib
@@ -218,8 +272,10 @@ def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results if r.curve]
-    if rows:
+    for name in dict.fromkeys(r.protocol for r in results):
+        rows = [r for r in results if r.protocol == name and r.curve]
+        if not rows:
+            continue
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
         palette = plt.get_cmap("tab20")
         for i, r in enumerate(rows):
@@ -228,14 +284,15 @@ def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[st
             look = dict(color=palette(i % 20), marker="os^vD"[i % 5], ms=3, label=r.method)
             ax1.plot(ks, [r.curve[x][0] for x in ks], style, **look)
             ax2.plot(ks, [r.curve[x][1] for x in ks], style, **look)
-        ax1.set(xlabel="K (top context tokens)", ylabel="answer tokens in the top K", title="Precision@K (count)")
-        ax2.set(xlabel="K (top context tokens)", ylabel="% of the answer in the top K",
-                title="Precision@K (% of answer length)")
+        ax1.set(xlabel="K (top-ranked tokens)", ylabel="answer tokens in the top K", title=f"Precision@K, count ({name})")
+        ax2.set(xlabel="K (top-ranked tokens)", ylabel="% of the answer in the top K",
+                title=f"Precision@K, % of answer length ({name})")
         ax2.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        fig.savefig(out_dir / "precision_at_k.png", dpi=110)
+        path = out_dir / f"precision_at_k_{name}.png"
+        fig.savefig(path, dpi=110)
         plt.close(fig)
-        written.append(out_dir / "precision_at_k.png")
+        written.append(path)
     return written
 
 
@@ -249,8 +306,16 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     from .squad import DEFAULT_SQUAD_FILE, load_squad, split_articles
 
     progress = not a.no_progress
-    if a.protocol != "paper" or a.kendall:
-        raise UsageError("--protocol and --kendall do not apply to --task squad (Precision@K needs no perturbations)")
+    if a.kendall:
+        raise UsageError("--kendall does not apply to --task squad (Precision@K has no other classes)")
+    names = list(QA_PROTOCOLS) if a.protocol == "all" else [x.strip() for x in a.protocol.split(",")]
+    unknown = [x for x in names if x not in QA_PROTOCOLS]
+    if unknown:
+        raise UsageError(f"unknown QA protocol {unknown[0]!r}; QA protocols: {', '.join(QA_PROTOCOLS)}, all")
+    protocols = [QA_PROTOCOLS[x] for x in names]
+    if a.qa_target:
+        protocols = [dataclasses.replace(p, target=a.qa_target, description=f"{p.description} ({a.qa_target} span)")
+                     for p in protocols]
     if a.stride >= a.window:
         raise UsageError(f"--stride {a.stride} must be smaller than --window {a.window}")
     methods = select_methods(a.methods, available_methods())
@@ -262,7 +327,7 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     t0 = time.perf_counter()
     model, tokenizer, model_path = _load_model(a.model, progress, task="squad")
     questions, skipped = prepare_questions(model, tokenizer, examples, max_length=a.window, stride=a.stride,
-                                           target=a.qa_target, batch_size=a.batch_size)
+                                           batch_size=a.batch_size)
     if not questions:
         raise UsageError(f"{source}: no answerable question whose answer fits a window of {a.window} tokens")
     method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
@@ -278,14 +343,15 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     eval_json = Path(model_path) / "eval.json"
     model_eval = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
     t_run, cpu_run = time.perf_counter(), time.process_time()
-    results = evaluate_qa_methods(model, tokenizer, questions, methods, k=a.k, batch_size=a.batch_size,
+    results = evaluate_qa_methods(model, tokenizer, questions, methods, protocols, k=a.k, batch_size=a.batch_size,
                                   max_tokens=a.max_tokens, progress=progress, method_kwargs=method_kwargs)
     out = Path(a.out) if a.out else Path("results") / ("squad" if not a.data else Path(a.data).stem)
     config = {
         "task": "squad", "data": source, "questions_read": len(examples), "questions": len(questions),
         "skipped": skipped, "limit": a.limit, "model": model_path,
         "model_exact_match": model_eval.get("exact_match"), "model_f1": model_eval.get("f1"),
-        "methods": list(methods), "k": a.k, "curve_ks": list(CURVE_KS), "qa_target": a.qa_target,
+        "methods": list(methods), "k": a.k, "curve_ks": list(CURVE_KS),
+        "protocols": {p.name: p.to_dict() for p in protocols},
         "window": a.window, "stride": a.stride, "batch_size": a.batch_size, "max_tokens": a.max_tokens,
         "ig_steps": a.ig_steps, "head_mask": head_mask_source, "threads": torch.get_num_threads(),
         "seconds": round(time.perf_counter() - t_run, 1), "cpu_seconds": round(time.process_time() - cpu_run, 1),
@@ -294,11 +360,11 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     }
     written = write_qa_results(out, results, config)
     print((out / "results.md").read_text())
-    print(f"{len(questions)} questions, {len(methods)} methods: {config['seconds']:.1f} s; "
+    print(f"{len(questions)} questions, {len(methods)} methods, {len(protocols)} protocol(s): {config['seconds']:.1f} s; "
           f"wrote {', '.join(str(w) for w in written)}")
     failed = [r for r in results if r.error]
     for r in failed:
-        print(f"error: squad:{r.method} failed: {r.error}", file=sys.stderr)
+        print(f"error: squad:{r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
     if failed:
         print(f"error: incomplete run: {len(failed)} method(s) failed; {out / 'results.md'} lists them", file=sys.stderr)
         return 1

@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--data then names a SQuAD-format JSON/JSONL file)")
     p.add_argument("--split", default="dev")
     p.add_argument("--methods", default="all", help="'all' or comma-separated names")
-    p.add_argument("--protocol", default="paper", help=f"{', '.join(PROTOCOLS)}, a comma list, or 'all'")
+    p.add_argument("--protocol", default="paper", help=f"{', '.join(PROTOCOLS)}, a comma list, or 'all' (the same "
+                   "names select the QA protocols of --task squad)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N examples only")
     p.add_argument("--model", default=None, help="model path or hub id (default: fine-tuned MiniLM)")
     p.add_argument("--data", default=None, help="local CSV/TSV/JSONL file instead of --task")
@@ -494,8 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ig-steps", type=positive_int, default=20,
                    help="Integrated Gradients steps (Gauss-Legendre; Captum's default is 50)")
     p.add_argument("--k", type=positive_int, default=20, help="squad: the K of Precision@K (default 20, as both papers)")
-    p.add_argument("--qa-target", default="gold", choices=["gold", "predicted"],
-                   help="squad: explain the gold answer span (both papers) or the model's predicted one")
+    p.add_argument("--qa-target", default=None, choices=["gold", "predicted"],
+                   help="squad: explain the gold answer span or the model's predicted one (default: the protocol's: "
+                        "gold for paper, predicted for attcat and masklrp)")
     p.add_argument("--window", type=positive_int, default=384,
                    help="squad: tokens per window over a long context (question included; default 384)")
     p.add_argument("--stride", type=positive_int, default=128, help="squad: tokens shared by consecutive windows")

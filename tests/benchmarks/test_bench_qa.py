@@ -220,13 +220,13 @@ def test_runner_on_a_never_seen_squad_file(family: str, tmp_path: Path, qa_file:
     for name, r in rows.items():
         assert r["error"] is None, name
         assert 0 <= r["precision_count"] <= 3 and 0 <= r["precision_percent"] <= 100, name
-        curve = res["curves"][name]
+        curve = res["curves"][f"paper/{name}"]
         counts = [curve[str(k)]["count"] for k in (1, 2, 3, 5, 10)]
         assert counts == sorted(counts), name  # more tokens kept, never fewer answer tokens
     # with K past every context's length, the whole answer is always in: 100 %
-    assert all(res["curves"][n]["50"]["percent"] == pytest.approx(100.0) for n in rows)
+    assert all(res["curves"][f"paper/{n}"]["50"]["percent"] == pytest.approx(100.0) for n in rows)
     assert "| Random |" in (out / "results.md").read_text()
-    assert (out / "precision_at_k.png").stat().st_size > 1000
+    assert (out / "precision_at_k_paper.png").stat().st_size > 1000
 
 
 def test_runner_precision_equals_a_hand_computation(tmp_path: Path, qa_file: Path,
@@ -258,12 +258,36 @@ def test_runner_precision_equals_a_hand_computation(tmp_path: Path, qa_file: Pat
     assert row["precision_count"] == pytest.approx(sum(counts) / len(counts), abs=1e-6)
 
 
-def test_runner_predicted_target(tmp_path: Path, qa_file: Path, qa_model_dirs: dict[str, Path]) -> None:
+def test_reference_code_protocols(tmp_path: Path, qa_file: Path, qa_model_dirs: dict[str, Path]) -> None:
+    """attcat/masklrp explain the predicted span and rank every token; masklrp's % is the mean
+    count over the mean answer length; --qa-target overrides the explained span."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from benchmarks.qa import prepare_questions
+
+    d = qa_model_dirs["bert"]
     out = tmp_path / "p"
-    assert main(["--task", "squad", "--data", str(qa_file), "--model", str(qa_model_dirs["bert"]), "--methods",
-                 "AttCAT,Random", "--qa-target", "predicted", "--window", "40", "--stride", "10", "--out", str(out),
+    assert main(["--task", "squad", "--data", str(qa_file), "--model", str(d), "--methods", "AttCAT,Random",
+                 "--protocol", "all", "--k", "3", "--window", "40", "--stride", "10", "--out", str(out),
                  "--no-progress"]) == 0
-    assert json.loads((out / "results.json").read_text())["config"]["qa_target"] == "predicted"
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["protocols"]["attcat"]["target"] == "predicted"
+    rows = {(r["protocol"], r["method"]): r for r in res["results"]}
+    assert len(rows) == 6 and all(r["error"] is None for r in rows.values())
+    # attcat and masklrp share the explanations: the same counts
+    assert rows[("attcat", "AttCAT")]["precision_count"] == rows[("masklrp", "AttCAT")]["precision_count"]
+    model = AutoModelForQuestionAnswering.from_pretrained(d).eval()
+    questions, _ = prepare_questions(model, AutoTokenizer.from_pretrained(d), load_squad(qa_file),
+                                     max_length=40, stride=10)
+    mean_length = sum(q.gold[1] - q.gold[0] + 1 for q in questions) / len(questions)
+    r = rows[("masklrp", "AttCAT")]
+    assert r["precision_percent"] == pytest.approx(100 * r["precision_count"] / mean_length)
+    assert (out / "precision_at_k_masklrp.png").is_file()
+    again = tmp_path / "g"
+    assert main(["--task", "squad", "--data", str(qa_file), "--model", str(d), "--methods", "AttCAT",
+                 "--protocol", "attcat", "--qa-target", "gold", "--window", "40", "--stride", "10", "--out",
+                 str(again), "--no-progress"]) == 0
+    assert json.loads((again / "results.json").read_text())["config"]["protocols"]["attcat"]["target"] == "gold"
 
 
 def test_runner_bad_qa_input(tmp_path: Path, qa_file: Path, qa_model_dirs: dict[str, Path], tiny_model_dir: Path,
@@ -282,8 +306,10 @@ def test_runner_bad_qa_input(tmp_path: Path, qa_file: Path, qa_model_dirs: dict[
         (["--data", str(qa_file), "--model", str(tiny_model_dir)], "not a fine-tuned question-answering model"),
         (["--data", str(qa_file), "--model", str(qa_model_dirs["bert"]), "--stride", "40", "--window", "32"],
          "--stride 40 must be smaller than --window 32"),
-        (["--data", str(qa_file), "--model", str(qa_model_dirs["bert"]), "--protocol", "attcat"],
-         "do not apply to --task squad"),
+        (["--data", str(qa_file), "--model", str(qa_model_dirs["bert"]), "--protocol", "bogus"],
+         "unknown QA protocol 'bogus'"),
+        (["--data", str(qa_file), "--model", str(qa_model_dirs["bert"]), "--kendall"],
+         "--kendall does not apply to --task squad"),
     ]
     for args, words in cases:
         assert main(base + args) == 2, words
@@ -312,17 +338,24 @@ def test_a_method_failing_mid_run_makes_the_run_incomplete(tmp_path: Path, qa_fi
                "Saliency,Random", "--batch-size", "2", "--window", "40", "--stride", "10", "--out", str(out),
                "--no-progress"])
     assert rc == 1
-    assert "squad:Random failed: RuntimeError: out of luck" in capsys.readouterr().err
+    assert "squad:paper:Random failed: RuntimeError: out of luck" in capsys.readouterr().err
     assert (out / "results.md").read_text().startswith("# Precision@20")
     assert "**INCOMPLETE RUN**" in (out / "results.md").read_text()
     assert json.loads((out / "results.json").read_text())["complete"] is False
 
 
 def test_finetune_squad_on_a_tiny_model(tmp_path: Path, qa_model_dirs: dict[str, Path]) -> None:
+    from transformers import AutoConfig
+
     from benchmarks.finetune import finetune_squad
 
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "head_mask.json").write_text("{}")  # found for other weights: must not survive
     out = finetune_squad(tmp_path / "ft", qa_model_dirs["bert"], max_train=64, batch_size=16, max_length=64,
                          stride=16, progress=False, num_threads=1)
+    assert not (out / "head_mask.json").exists()
+    config = AutoConfig.from_pretrained(out)
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
     info = json.loads((out / "eval.json").read_text())
     assert info["held_out_questions"] == 1975 and info["train_questions"] == 64 and info["steps"] >= 4
     assert 0 <= info["exact_match"] <= info["f1"] <= 100
