@@ -132,6 +132,17 @@ class AnswerSpan:
         return scores[rows, start, 0] + scores[rows, end, 1]
 
 
+def _as_tuple(additional_forward_args: Any) -> tuple | None:
+    if additional_forward_args is None or isinstance(additional_forward_args, tuple):
+        return additional_forward_args
+    return (additional_forward_args,)
+
+
+def _attention_mask(args: tuple | None) -> Tensor | None:
+    """The attention mask, by the Hugging Face convention the first additional forward argument."""
+    return args[0] if args and isinstance(args[0], Tensor) else None
+
+
 def _repeat_batch(value: Any, batch: int, times: int) -> Any:
     """``value`` stacked ``times`` along the batch dimension if it has one, else as it is."""
     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch:
@@ -159,11 +170,11 @@ def span_attribution(
         >>> ig = IntegratedGradients(lambda e, m: logits_of(qa_model(inputs_embeds=e, attention_mask=m)))
         >>> attr = span_attribution(ig.attribute, embeds, AnswerSpan(14, 15), (mask,))  # doctest: +SKIP
     """
-    args = additional_forward_args
-    if args is not None and not isinstance(args, tuple):
-        args = (args,)
-    mask = args[0] if args and isinstance(args[0], Tensor) else None
-    span = span.for_batch(inputs, mask)
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"span_attribution explains one input tensor (token ids or embeddings); got "
+                        f"{type(inputs).__name__}")
+    args = _as_tuple(additional_forward_args)
+    span = span.for_batch(inputs, _attention_mask(args))
     if span.part != "both":
         return attribute(inputs, target=span.pairs(span.part), additional_forward_args=args, **kwargs)
     batch = inputs.shape[0]
@@ -203,16 +214,10 @@ def accepts_answer_spans(attribute: Callable[..., Tensor]) -> Callable[..., Tens
             return attribute(self, inputs, target, additional_forward_args, **kwargs)
         from ._utils.validation import check_token_inputs
 
-        args = additional_forward_args
-        if args is not None and not isinstance(args, tuple):
-            args = (args,)
-        mask = args[0] if args and isinstance(args[0], Tensor) else None
-        if target.part != "both":
-            span = target.for_batch(check_token_inputs(inputs), mask)
-            return attribute(self, inputs, span.pairs(span.part), additional_forward_args, **kwargs)
-        if getattr(self, "linear_in_target", False):
-            return attribute(self, inputs, target.for_batch(check_token_inputs(inputs), mask),
-                             additional_forward_args, **kwargs)
+        inputs = check_token_inputs(inputs)
+        if target.part == "both" and getattr(self, "linear_in_target", False):
+            span = target.for_batch(inputs, _attention_mask(_as_tuple(additional_forward_args)))
+            return attribute(self, inputs, span, additional_forward_args, **kwargs)
         return span_attribution(functools.partial(attribute, self), inputs, target, additional_forward_args,
                                 **kwargs)
 

@@ -1,5 +1,5 @@
-"""The same numbers on a CUDA GPU as on the CPU (skipped where there is none): every method,
-the head statistics, the metrics and a 20-example runner."""
+"""The same numbers on a CUDA GPU as on the CPU (skipped where there is none): every method
+(class and answer-span targets), the head statistics, the metrics and a 20-example runner."""
 
 from __future__ import annotations
 
@@ -18,6 +18,20 @@ def test_every_method_on_cuda_equals_the_cpu(method_case):
     cpu = method_case(model).attribute(ids, target=target, additional_forward_args=(mask,))
     model.cuda()
     gpu = method_case(model).attribute(ids.cuda(), target=target.cuda(), additional_forward_args=(mask.cuda(),))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_every_method_explains_answer_spans_on_cuda(method_case):
+    from captum_attcat import AnswerSpan
+    from conftest import tiny_qa_model
+
+    model = tiny_qa_model("bert")
+    ids, mask = padded_batch([9, 6, 4])
+    span = AnswerSpan([2, 1, 3], [4, 5, 3])
+    cpu = method_case(model).attribute(ids, target=span, additional_forward_args=(mask,))
+    model.cuda()
+    gpu = method_case(model).attribute(ids.cuda(), target=span, additional_forward_args=(mask.cuda(),))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
 

@@ -146,7 +146,8 @@ def _check_position_target(target: Any, scores: Tensor) -> None:
     batch, seq, n = scores.shape
     expected = (f"the model's scores are per token, (batch, seq, n) = {tuple(scores.shape)}: pass a "
                 "(position, index) tuple, e.g. (start, 0) / (end, 1) for a question-answering model's "
-                "start / end logit, a list of such tuples (one per example), or AnswerSpan(start, end)")
+                "start / end logit or (position, token_id) for a language model's next token, a list of "
+                "such tuples (one per example), or AnswerSpan(start, end)")
 
     def is_pair(t: Any) -> bool:
         return isinstance(t, tuple) and len(t) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in t)
