@@ -194,12 +194,7 @@ def finetune(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    out = Path(out_dir) if out_dir is not None else default_model_dir()
-    src = str(model_name_or_path) if model_name_or_path is not None else str(pretrained_minilm_dir())
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    t0 = time.perf_counter()
+    out, src, rng, t0 = _start(out_dir, model_name_or_path, "sst2", num_threads, seed)
 
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -230,11 +225,7 @@ def finetune(
     acc = evaluate(model, tokenizer, dev)
     total_s = time.perf_counter() - t0
 
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_stale_files(out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    info = {
+    return _save_model(out, model, tokenizer, {
         "accuracy": acc,
         "dev_examples": len(dev),
         "train_examples": len(idx),
@@ -244,14 +235,10 @@ def finetune(
         "lr": lr,
         "max_length": max_length,
         "seed": seed,
-        "threads": torch.get_num_threads(),
         "train_seconds": round(train_s, 1),
         "total_seconds": round(total_s, 1),
         "base_model": src,
-        "torch": torch.__version__,
-    }
-    (out / "eval.json").write_text(json.dumps(info, indent=2) + "\n")
-    return out
+    })
 
 
 #: config attributes that set a dropout probability, across architectures
@@ -274,9 +261,28 @@ def without_dropout(config: Any) -> Any:
     return config
 
 
-def _clear_stale_files(out: Path) -> None:
-    """New weights make the head mask found for the old ones (``head_mask.json``) wrong: remove it."""
+def _start(out_dir: str | os.PathLike[str] | None, model_name_or_path: str | os.PathLike[str] | None, task: str,
+           num_threads: int | None, seed: int) -> tuple[Path, str, random.Random, float]:
+    """What every fine-tuning starts from: the output folder, the base model, threads and seeds set,
+    a seeded ``random.Random`` and the start time."""
+    out = Path(out_dir) if out_dir is not None else default_model_dir(task)
+    src = str(model_name_or_path) if model_name_or_path is not None else str(pretrained_minilm_dir())
+    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    return out, src, random.Random(seed), time.perf_counter()
+
+
+def _save_model(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> Path:
+    """Save model and tokenizer in ``out`` with ``eval.json`` (``info`` plus the threads and torch
+    version). New weights make a head mask found for the old ones (``head_mask.json``) wrong: it
+    is removed."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / "head_mask.json").unlink(missing_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {**info, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    (out / "eval.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
 
 
 #: QA fine-tuning defaults: windows of 256 tokens (the question and 3/4 of SQuAD's contexts whole)
@@ -316,12 +322,7 @@ def finetune_squad(
 
     from .squad import encode_windows, load_squad, predict_answers, split_articles, squad_scores
 
-    out = Path(out_dir) if out_dir is not None else default_model_dir("squad")
-    src = str(model_name_or_path) if model_name_or_path is not None else str(pretrained_minilm_dir())
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    t0 = time.perf_counter()
+    out, src, rng, t0 = _start(out_dir, model_name_or_path, "squad", num_threads, seed)
 
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForQuestionAnswering.from_pretrained(src, config=without_dropout(AutoConfig.from_pretrained(src)))
@@ -351,11 +352,7 @@ def finetune_squad(
                           held_out)
     total_s = time.perf_counter() - t0
 
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_stale_files(out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    info = {
+    return _save_model(out, model, tokenizer, {
         "task": "squad",
         "exact_match": round(scores["exact_match"], 2),
         "f1": round(scores["f1"], 2),
@@ -370,14 +367,10 @@ def finetune_squad(
         "max_length": max_length,
         "stride": stride,
         "seed": seed,
-        "threads": torch.get_num_threads(),
         "train_seconds": round(train_s, 1),
         "total_seconds": round(total_s, 1),
         "base_model": src,
-        "torch": torch.__version__,
-    }
-    (out / "eval.json").write_text(json.dumps(info, indent=2) + "\n")
-    return out
+    })
 
 
 def ensure_default_model(out_dir: str | os.PathLike[str] | None = None, progress: bool = True,

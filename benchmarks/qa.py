@@ -37,12 +37,11 @@ from typing import Any, Sequence
 
 import torch
 
-from captum_attcat import AnswerSpan, logits_of
+from captum_attcat import AnswerSpan
 
-from .baselines import token_type_kwargs
 from .data import token_batches
 from .metrics import precision_at_k
-from .squad import QAExample, QAWindow, answer_window, best_spans, encode_windows, pad_windows
+from .squad import QAExample, QAWindow, answer_window, encode_windows, pad_windows, window_spans
 
 __all__ = ["QAQuestion", "QAProtocol", "QA_PROTOCOLS", "QAResult", "CURVE_KS", "prepare_questions", "evaluate_qa_methods", "write_qa_results",
            "run_squad"]
@@ -135,14 +134,7 @@ def prepare_questions(model: Any, tokenizer: Any, examples: Sequence[QAExample],
     skipped["answer_not_in_window"] = len(answerable) - len(chosen)
     order = sorted(chosen)
     windows = [chosen[i] for i in order]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    predicted: list[tuple[int, int]] = []
-    with torch.no_grad():
-        for s in range(0, len(windows), batch_size):
-            ids, mask, types, context = pad_windows(windows[s:s + batch_size], pad, _device(model))
-            scores = logits_of(model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)))
-            first, last, _ = best_spans(scores[..., 0], scores[..., 1], context)
-            predicted += list(zip(first.tolist(), last.tolist()))
+    predicted = [(a, b) for a, b, _ in window_spans(model, tokenizer, windows, batch_size)]
     questions = [QAQuestion(answerable[i].id, w, w.answer, span)  # type: ignore[arg-type]
                  for i, w, span in zip(order, windows, predicted)]
     return questions, skipped
@@ -233,7 +225,7 @@ def evaluate_qa_methods(
 def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[str, Any]) -> list[Path]:
     """``results.md``, ``results.csv``, ``results.json`` and ``precision_at_k_<protocol>.png``; a
     run with failed methods says so first (``**INCOMPLETE RUN**``, ``"complete": false``)."""
-    from .run import _versions
+    from .run import _versions, plot_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in results if r.error]
@@ -267,31 +259,16 @@ def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[st
     (out_dir / "results.md").write_text("\n".join(lines))
     written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     for name in dict.fromkeys(r.protocol for r in results):
         rows = [r for r in results if r.protocol == name and r.curve]
         if not rows:
             continue
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-        palette = plt.get_cmap("tab20")
-        for i, r in enumerate(rows):
-            ks = sorted(r.curve)
-            style = "--" if r.method == "Random" else ("-" if i < 10 else "-.")
-            look = dict(color=palette(i % 20), marker="os^vD"[i % 5], ms=3, label=r.method)
-            ax1.plot(ks, [r.curve[x][0] for x in ks], style, **look)
-            ax2.plot(ks, [r.curve[x][1] for x in ks], style, **look)
-        ax1.set(xlabel="K (top-ranked tokens)", ylabel="answer tokens in the top K", title=f"Precision@K, count ({name})")
-        ax2.set(xlabel="K (top-ranked tokens)", ylabel="% of the answer in the top K",
-                title=f"Precision@K, % of answer length ({name})")
-        ax2.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
+        ks = sorted(rows[0].curve)
         path = out_dir / f"precision_at_k_{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        plot_curves(path, ks, [(r.method, [r.curve[x][0] for x in ks], [r.curve[x][1] for x in ks]) for r in rows],
+                    (f"Precision@K, count ({name})", "answer tokens in the top K"),
+                    (f"Precision@K, % of answer length ({name})", "% of the answer in the top K"),
+                    xlabel="K (top-ranked tokens)")
         written.append(path)
     return written
 
@@ -302,7 +279,7 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     import sys
 
     from .cli import UsageError
-    from .run import _load_model, available_methods, resolve_head_mask, select_methods
+    from .run import _load_model, available_methods, exit_status, method_arguments, select_methods
     from .squad import DEFAULT_SQUAD_FILE, load_squad, split_articles
 
     progress = not a.no_progress
@@ -330,16 +307,7 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
                                            batch_size=a.batch_size)
     if not questions:
         raise UsageError(f"{source}: no answerable question whose answer fits a window of {a.window} tokens")
-    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
-                                                                        "max_tokens": a.max_tokens}}
-    head_mask_source = None
-    if "MaskLRP" in methods:
-        head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
-        methods["MaskLRP"](model, head_mask=head_mask)  # a mask of the wrong shape stops here, before any work
-        method_kwargs["MaskLRP"] = {"head_mask": head_mask}
-        if head_mask is not None:
-            head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
-        print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
+    method_kwargs, head_mask_source = method_arguments(a, methods, model, tokenizer, model_path, progress)
     eval_json = Path(model_path) / "eval.json"
     model_eval = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
     t_run, cpu_run = time.perf_counter(), time.process_time()
@@ -362,10 +330,4 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     print((out / "results.md").read_text())
     print(f"{len(questions)} questions, {len(methods)} methods, {len(protocols)} protocol(s): {config['seconds']:.1f} s; "
           f"wrote {', '.join(str(w) for w in written)}")
-    failed = [r for r in results if r.error]
-    for r in failed:
-        print(f"error: squad:{r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
-    if failed:
-        print(f"error: incomplete run: {len(failed)} method(s) failed; {out / 'results.md'} lists them", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(results, out, prefix="squad:")

@@ -365,32 +365,41 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
     (out_dir / "results.md").write_text("\n".join(lines))
     written.append(out_dir / "results.md")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     for proto in dict.fromkeys(r.protocol for r in results):
         rows = [r for r in results if r.protocol == proto and r.aopc_curve]
         if not rows:
             continue
         ks = [100 * k for k in config["protocols"][proto]["steps"]]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
-        palette = plt.get_cmap("tab20")
-        for i, r in enumerate(rows):  # 20 colours, and a second line style past 10 methods
-            style = "--" if r.method == "Random" else ("-" if i < 10 else "-.")
-            look = dict(color=palette(i % 20), marker="os^vD"[i % 5], ms=3, label=r.method)
-            ax1.plot(ks, r.aopc_curve, style, **look)
-            ax2.plot(ks, r.lodds_curve, style, **look)
-        ax1.set(xlabel="k (% of tokens removed)", ylabel="mean probability drop", title=f"AOPC ({proto})")
-        ax2.set(xlabel="k (% of tokens removed)", ylabel="mean log(p_k / p)", title=f"LOdds ({proto})")
-        ax2.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
         path = out_dir / f"curves_{proto}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        plot_curves(path, ks, [(r.method, r.aopc_curve, r.lodds_curve) for r in rows],
+                    (f"AOPC ({proto})", "mean probability drop"), (f"LOdds ({proto})", "mean log(p_k / p)"),
+                    xlabel="k (% of tokens removed)")
         written.append(path)
     return written
+
+
+def plot_curves(path: Path, xs: Sequence[float], series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+                left: tuple[str, str], right: tuple[str, str], xlabel: str) -> None:
+    """Two panels side by side, one line per method in each: ``series`` holds ``(method, left
+    values, right values)`` over ``xs``; ``left``/``right`` are (title, y label). Saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    palette = plt.get_cmap("tab20")
+    for i, (method, first, second) in enumerate(series):  # 20 colours, a second line style past 10 methods
+        style = "--" if method == "Random" else ("-" if i < 10 else "-.")
+        look = dict(color=palette(i % 20), marker="os^vD"[i % 5], ms=3, label=method)
+        ax1.plot(xs, first, style, **look)
+        ax2.plot(xs, second, style, **look)
+    ax1.set(xlabel=xlabel, ylabel=left[1], title=left[0])
+    ax2.set(xlabel=xlabel, ylabel=right[1], title=right[0])
+    ax2.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, progress: bool = True
@@ -431,6 +440,37 @@ def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, pr
         except OSError:
             pass
     return mask, source
+
+
+def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any, tokenizer: Any, model_path: str,
+                     progress: bool) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The methods' constructor arguments from the command line (Integrated Gradients' steps and
+    token budget, MaskLRP's head mask, checked against the model before any work) and where the
+    head mask came from (``None`` without MaskLRP)."""
+    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
+                                                                        "max_tokens": a.max_tokens}}
+    head_mask_source = None
+    if "MaskLRP" in methods:
+        head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
+        methods["MaskLRP"](model, head_mask=head_mask)  # a mask of the wrong shape stops here, before any work
+        method_kwargs["MaskLRP"] = {"head_mask": head_mask}
+        if head_mask is not None:
+            head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
+        print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
+    return method_kwargs, head_mask_source
+
+
+def exit_status(results: Sequence[Any], out: Path, prefix: str = "") -> int:
+    """0, or 1 after naming on standard error every failed method run (rows with ``error``) and
+    where the incomplete results are."""
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"error: {prefix}{r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"error: incomplete run: {len(failed)} method run(s) failed; {out / 'results.md'} lists them",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _load_model(spec: str | None, progress: bool, task: str = "sst2") -> tuple[Any, Any, str]:
@@ -535,16 +575,7 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
 
     results: list[MethodResult] = []
     t_run, cpu_run = time.perf_counter(), time.process_time()
-    method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
-                                                                        "max_tokens": a.max_tokens}}
-    head_mask_source = None
-    if "MaskLRP" in methods:
-        head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
-        methods["MaskLRP"](model, head_mask=head_mask)  # a mask of the wrong shape stops here, before any work
-        method_kwargs["MaskLRP"] = {"head_mask": head_mask}
-        if head_mask is not None:
-            head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
-        print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
+    method_kwargs, head_mask_source = method_arguments(a, methods, model, tokenizer, model_path, progress)
     cache = ForwardCache()
     eval_json = Path(model_path) / "eval.json"
     out = Path(a.out) if a.out else Path("results") / Path(task).stem
@@ -573,14 +604,7 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
     print((out / "results.md").read_text())
     print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s): {config['seconds']:.1f} s; "
           f"wrote {', '.join(str(w) for w in written)}")
-    failed = [r for r in results if r.error]
-    for r in failed:
-        print(f"error: {r.protocol}:{r.method} failed: {r.error}", file=sys.stderr)
-    if failed:
-        print(f"error: incomplete run: {len(failed)} method run(s) failed; {out / 'results.md'} lists them",
-              file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(results, out)
 
 
 if __name__ == "__main__":

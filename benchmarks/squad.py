@@ -36,7 +36,8 @@ import torch
 from .data import VENDORED_DIR
 
 __all__ = ["QAExample", "QAWindow", "DEFAULT_SQUAD_FILE", "HELD_OUT_EVERY", "load_squad", "split_articles",
-           "encode_windows", "answer_window", "best_spans", "squad_scores"]
+           "encode_windows", "answer_window", "best_spans", "squad_scores", "pad_windows", "window_spans",
+           "predict_answers"]
 
 #: SQuAD v1.1 dev, gzip-compressed (the file in ``../shared/data/squad_v1.1``).
 DEFAULT_SQUAD_FILE: Path = VENDORED_DIR / "squad_dev_v1.1.json.gz"
@@ -367,6 +368,33 @@ def pad_windows(windows: Sequence[QAWindow], pad_id: int, device: Any = None
 
 
 @torch.no_grad()
+def window_spans(model: Any, tokenizer: Any, windows: Sequence[QAWindow], batch_size: int = 32,
+                 max_answer_tokens: int = 30) -> list[tuple[int, int, float]]:
+    """The model's best span ``(start, end, start + end logit)`` in each window (in the order
+    given), from batches of windows of similar length.
+
+    Example::
+
+        >>> window_spans(model, tokenizer, encode_windows(questions, tokenizer))[0]  # doctest: +SKIP
+        (21, 23, 14.2)
+    """
+    from captum_attcat import logits_of
+
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+    spans: list[tuple[int, int, float]] = [(0, 0, 0.0)] * len(windows)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        ids, mask, types, context = pad_windows([windows[i] for i in rows], pad, device)
+        kwargs = {} if types is None else {"token_type_ids": types}
+        logits = logits_of(model(input_ids=ids, attention_mask=mask, **kwargs))
+        first, last, score = best_spans(logits[..., 0], logits[..., 1], context, max_answer_tokens)
+        for i, a, b, v in zip(rows, first.tolist(), last.tolist(), score.tolist()):
+            spans[i] = (a, b, v)
+    return spans
+
+
 def predict_answers(model: Any, tokenizer: Any, examples: Sequence[QAExample], *, max_length: int = 384,
                     stride: int = 128, batch_size: int = 32, max_answer_tokens: int = 30
                     ) -> dict[str, str]:
@@ -377,21 +405,9 @@ def predict_answers(model: Any, tokenizer: Any, examples: Sequence[QAExample], *
         >>> squad_scores(predict_answers(model, tokenizer, held_out), held_out)  # doctest: +SKIP
         {'exact_match': 41.2, 'f1': 53.0, 'questions': 1975}
     """
-    from captum_attcat import logits_of
-
     windows = encode_windows(examples, tokenizer, max_length, stride)
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
     best: dict[int, tuple[float, str]] = {}
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for s in range(0, len(order), batch_size):
-        part = [windows[i] for i in order[s:s + batch_size]]
-        ids, mask, types, context = pad_windows(part, pad, device)
-        kwargs = {} if types is None else {"token_type_ids": types}
-        logits = logits_of(model(input_ids=ids, attention_mask=mask, **kwargs))
-        first, last, score = best_spans(logits[..., 0], logits[..., 1], context, max_answer_tokens)
-        for w, a, b, v in zip(part, first.tolist(), last.tolist(), score.tolist()):
-            text = examples[w.example].context[w.offsets[a][0]:w.offsets[b][1]]
-            if w.example not in best or v > best[w.example][0]:
-                best[w.example] = (v, text)
+    for w, (a, b, v) in zip(windows, window_spans(model, tokenizer, windows, batch_size, max_answer_tokens)):
+        if w.example not in best or v > best[w.example][0]:
+            best[w.example] = (v, examples[w.example].context[w.offsets[a][0]:w.offsets[b][1]])
     return {examples[i].id: text for i, (_, text) in best.items()}
