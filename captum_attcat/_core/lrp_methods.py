@@ -33,7 +33,7 @@ from torch.nn import Module
 from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from ..lrp.engine import Propagation, activation_modules, lrp_forward
+from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules
 from ..lrp.rules import LRPRules
 from .base import TransformerAttribution, explained_scores
 from .maps import positive_head_mean, rollout, token_mask_of, wide
@@ -80,6 +80,9 @@ class LRPAttribution(TransformerAttribution):
     """
 
     floor_budget = 2.5
+    #: whether relevance may legitimately reach no attention map (MaskLRP with every head masked);
+    #: otherwise a block receiving none means the recorded blocks are not connected to the output
+    relevance_may_vanish: bool = False
 
     def __init__(
         self,
@@ -135,13 +138,20 @@ class LRPAttribution(TransformerAttribution):
                             hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
                             module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
                     handles = recorder.hook_outputs(adapter.hooked_attention)
-                    with states, lrp_forward(propagation, activation_modules(adapter.roots), start=adapter.blocks[0]):
+                    whole = activation_modules(adapter.roots) + normalization_modules(adapter.roots)
+                    with states, lrp_forward(propagation, whole, start=adapter.blocks[0]):
                         output = adapter.forward(inputs, *args)
                     scores = explained_scores(output, target)
                     attentions = [recorder.captured()[b] for b in blocks]
                     grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
                     wrt = attentions + (states.captured() if input_relevance else [])
                     relevance = propagation.relevance(scores, wrt) if wrt else []
+                    cut = [b for b, r in zip(blocks, relevance) if not r.count_nonzero()]
+                    if cut and scores.count_nonzero() and not self.relevance_may_vanish:
+                        raise RuntimeError(
+                            f"no relevance reached the attention of blocks {cut}: the forward pass does not "
+                            "connect them to the explained output as the recorded blocks say"
+                        )
             finally:
                 for handle in handles:
                     handle.remove()

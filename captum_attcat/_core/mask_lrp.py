@@ -96,6 +96,8 @@ class MaskLRP(LRPAttribution):
         >>> MaskLRP(model, head_mask=mask.random(seed=0))    # the random-mask ablation
     """
 
+    relevance_may_vanish = True  # masked heads pass no relevance down
+
     def __init__(
         self,
         forward_func: Module | Callable[..., Any],
@@ -148,8 +150,15 @@ class MaskLRP(LRPAttribution):
             heads = run.attentions[0].shape[1]
             if self.head_mask.shape[1] != heads:
                 raise ValueError(f"the head mask has {self.head_mask.shape[1]} heads per block but the model has {heads}")
-            received = run.recorder.received  # type: ignore[union-attr]
-            relevance = [r if r is not None else torch.zeros_like(a) for r, a in zip(received, run.attentions)]
+            relevance = run.recorder.received  # type: ignore[union-attr]
+            missing = [b for b, r in enumerate(relevance) if r is None]
+            if missing:  # the mask would silently not apply: TransAtt's result under MaskLRP's name
+                raise NotImplementedError(
+                    f"the head mask could not be applied in blocks {missing}: the attention probabilities "
+                    "recorded there are not what multiplies the values in the model's code (a reshaped copy); "
+                    "MaskLRP needs attention through transformers' AttentionInterface or modules whose returned "
+                    "probabilities are the left operand of the A V product"
+                )
         else:
             relevance = run.attention_relevance
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, relevance)]

@@ -64,8 +64,11 @@ def eager_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     probabilities_hook=None,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Eager scaled dot-product attention, ``softmax(Q K^T * scaling + mask) V``.
+    """Eager scaled dot-product attention, ``softmax(Q K^T * scaling + mask) V`` (with the
+    soft-capping and sinks of :func:`attention_probabilities` when given).
 
     ``query`` is ``(batch, heads, queries, head_dim)``; ``key``/``value`` may have
     fewer heads (grouped-query attention), they are repeated to match. The mask
@@ -75,7 +78,7 @@ def eager_attention(
     ``(batch, queries, heads, head_dim)`` and the probabilities.
     """
     key, value = _repeat_kv(query, key), _repeat_kv(query, value)
-    probs = attention_probabilities(query, key, attention_mask, scaling)
+    probs = attention_probabilities(query, key, attention_mask, scaling, softcap, sinks)
     probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
     if probabilities_hook is not None:
         probs = probabilities_hook(module, probs)
@@ -89,19 +92,31 @@ def _repeat_kv(query: Tensor, states: Tensor) -> Tensor:
 
 
 def attention_probabilities(
-    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None = None
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float | None = None,
+    softcap: float | None = None, sinks: Tensor | None = None,
 ) -> Tensor:
     """``softmax(Q K^T * scaling + mask)`` over keys, ``(batch, heads, queries, keys)``,
-    computed in float32 or the query's dtype if wider."""
+    computed in float32 or the query's dtype if wider.
+
+    ``softcap`` (Gemma-2) caps the scores as ``softcap * tanh(scores / softcap)`` before the
+    mask; ``sinks`` (gpt-oss, one logit per head) join the softmax as one more key that is
+    then dropped, so a row sums to less than 1.
+    """
     key = _repeat_kv(query, key)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     attention_mask = additive_mask(attention_mask, scores.dtype)
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, : key.shape[-2]]
     # float32 for half precision (as most eager implementations), the model's own dtype otherwise
-    return torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    if sinks is None:
+        return torch.softmax(scores, dim=-1, dtype=dtype).to(query.dtype)
+    sink = sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1, dtype=dtype)[..., :-1].to(query.dtype)
 
 
 class AttentionHandler:
@@ -123,10 +138,23 @@ class AttentionHandler:
     probabilities_need_graph: bool = False
 
     def __init__(self, attention_modules: Sequence[Module]) -> None:
-        self.block_of: dict[Module, int] = {}
+        #: the blocks of each module (several for a module applied several times, in call order)
+        self.block_of: dict[Module, list[int]] = {}
+        owners: dict[Module, Module] = {}
         for index, owner in enumerate(attention_modules):
             for sub in owner.modules():
-                self.block_of.setdefault(sub, index)
+                if owners.setdefault(sub, owner) is owner:  # a call belongs to the first module holding it
+                    self.block_of.setdefault(sub, []).append(index)
+        self._calls: dict[Module, int] = {}
+
+    def block(self, module: Module) -> int | None:
+        """The block of ``module``'s current call, counting its calls (None if not watched)."""
+        blocks = self.block_of.get(module)
+        if not blocks:
+            return None
+        calls = self._calls.get(module, 0)
+        self._calls[module] = calls + 1
+        return blocks[min(calls, len(blocks) - 1)]
 
     def attention(
         self,
@@ -137,9 +165,13 @@ class AttentionHandler:
         attention_mask: Tensor | None,
         scaling: float | None,
         dropout: float,
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        if self.probabilities_need_graph or loaded_implementation(module) != "sdpa":
-            return eager_attention(module, query, key, value, attention_mask, scaling, dropout, self._hook)
+        if self.probabilities_need_graph or loaded_implementation(module) != "sdpa" or softcap is not None \
+                or sinks is not None:
+            return eager_attention(module, query, key, value, attention_mask, scaling, dropout, self._hook,
+                                   softcap, sinks)
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
         if module not in self.block_of:
             return output, None
@@ -148,7 +180,7 @@ class AttentionHandler:
         return output, self._hook(module, probs)
 
     def _hook(self, module: Module, probs: Tensor) -> Tensor:
-        block = self.block_of.get(module)
+        block = self.block(module)
         if block is None:
             return probs
         return self.on_probabilities(block, probs)
@@ -189,8 +221,9 @@ class AttentionRecorder(AttentionHandler):
         probabilities, or a tuple whose last element is (the Hugging Face
         ``(output, weights)`` convention). Returns the hook handles."""
 
-        def make_hook(block: int):
+        def make_hook():
             def hook(module: Module, args, output):
+                block = self.block(module)
                 probs = output[-1] if isinstance(output, (tuple, list)) else output
                 if not isinstance(probs, Tensor) or probs.dim() != 4:
                     raise ValueError(
@@ -203,12 +236,21 @@ class AttentionRecorder(AttentionHandler):
 
             return hook
 
-        return [m.register_forward_hook(make_hook(i)) for i, m in enumerate(attention_modules)]
+        return [m.register_forward_hook(make_hook()) for m in dict.fromkeys(attention_modules)]
 
 
 _ACTIVE_HANDLER: ContextVar[AttentionHandler | None] = ContextVar(
     "captum_attcat_attention_handler", default=None
 )
+
+
+#: keywords models pass to their attention implementation that do not change what eager
+#: attention computes: call information, options of other kernels, and ``sliding_window``, which
+#: the mask already encodes (the mask interface builds it from the same config)
+_IGNORED_KEYWORDS = {
+    "position_ids", "use_cache", "cache_position", "encoder_hidden_states", "deterministic", "sliding_window",
+    "output_attentions", "output_hidden_states", "return_dict", "past_key_values", "past_key_value", "layer_idx",
+}
 
 
 def _dispatch_attention(
@@ -219,14 +261,29 @@ def _dispatch_attention(
     attention_mask: Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    softcap: float | None = None,
+    s_aux: Tensor | None = None,
+    is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
+    unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_KEYWORDS)
+    if unknown:
+        raise NotImplementedError(
+            f"{type(module).__name__} passes {', '.join(f'`{k}`' for k in unknown)} to its attention "
+            "implementation, which the library's recording attention does not know: the explained forward "
+            "would not be the model's own. Pass the blocks and attention modules explicitly "
+            "(`layers=`, `attention_modules=` returning the probabilities), or ask for support of this keyword"
+        )
     handler = _ACTIVE_HANDLER.get() or _PASS_THROUGH
-    if attention_mask is None and getattr(module, "is_causal", True) and query.shape[2] > 1:
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    if attention_mask is None and causal and query.shape[2] > 1:
         # sdpa leaves a causal mask implicit; make it explicit so every handler sees it
         queries, keys = query.shape[2], key.shape[2]
         attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
-    return handler.attention(module, query, key, value, attention_mask, scaling, dropout)
+    if softcap is None and s_aux is None:  # handlers written for the plain signature keep working
+        return handler.attention(module, query, key, value, attention_mask, scaling, dropout)
+    return handler.attention(module, query, key, value, attention_mask, scaling, dropout, softcap=softcap,
+                             sinks=s_aux)
 
 
 def _dispatch_mask(*args: Any, config: Any = None, **kwargs: Any) -> Any:

@@ -29,7 +29,9 @@ class BlockStates:
     ``tensors[l]`` is block ``l``'s hidden state ``(batch, seq, hidden)``; it
     requires grad, so gradients of any later output can be taken with respect
     to it (with ``fresh=True`` it is always a new leaf, so that nothing upstream is
-    part of the graph). Hooks are removed on exit, whatever happens.
+    part of the graph). A module listed several times (a layer applied several times, as
+    ALBERT's shared layer) fills its entries in the order of its calls. Hooks are removed
+    on exit, whatever happens.
     """
 
     def __init__(self, blocks: Sequence[Module], inputs: bool = True, fresh: bool = False) -> None:
@@ -39,6 +41,19 @@ class BlockStates:
         self.fresh = fresh
         self.tensors: list[Tensor | None] = [None] * len(self.blocks)
         self._handles: list = []
+        #: the entries of each distinct module, and how many of its calls were seen
+        self._entries: dict[Module, list[int]] = {}
+        for index, block in enumerate(self.blocks):
+            self._entries.setdefault(block, []).append(index)
+        self._calls: dict[Module, int] = {}
+
+    def _next(self, module: Module) -> int | None:
+        """The entry of ``module``'s current call; None for calls after the listed ones (a shared
+        layer's later applications when only its first is recorded)."""
+        entries = self._entries[module]
+        calls = self._calls.get(module, 0)
+        self._calls[module] = calls + 1
+        return entries[calls] if calls < len(entries) else None
 
     def _keep(self, index: int, hidden: Tensor) -> Tensor:
         if self.fresh or not hidden.requires_grad:  # nothing upstream needs grad: start a fresh leaf
@@ -46,8 +61,11 @@ class BlockStates:
         self.tensors[index] = hidden
         return hidden.clone()
 
-    def _pre_hook(self, index: int):
+    def _pre_hook(self):
         def hook(module: Module, args: tuple, kwargs: dict[str, Any]):
+            index = self._next(module)
+            if index is None:
+                return None
             if args and isinstance(args[0], Tensor):
                 return (self._keep(index, args[0]), *args[1:]), kwargs
             if isinstance(kwargs.get("hidden_states"), Tensor):
@@ -60,8 +78,11 @@ class BlockStates:
 
         return hook
 
-    def _post_hook(self, index: int):
+    def _post_hook(self):
         def hook(module: Module, args: tuple, output):
+            index = self._next(module)
+            if index is None:
+                return None
             if isinstance(output, Tensor):
                 return self._keep(index, output)
             if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
@@ -74,12 +95,13 @@ class BlockStates:
         return hook
 
     def __enter__(self) -> "BlockStates":
+        self._calls = {}
         try:
-            for index, block in enumerate(self.blocks):
+            for block in self._entries:
                 if self.inputs:
-                    handle = block.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True)
+                    handle = block.register_forward_pre_hook(self._pre_hook(), with_kwargs=True)
                 else:
-                    handle = block.register_forward_hook(self._post_hook(index))
+                    handle = block.register_forward_hook(self._post_hook())
                 self._handles.append(handle)
         except BaseException:
             self.remove()

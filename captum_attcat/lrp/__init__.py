@@ -7,7 +7,7 @@ Example::
     >>> TransAtt(model, rules=LRPRules(linear=EpsilonRule(1e-6))).attribute(input_ids, target=1)
 """
 
-from .engine import Propagation, activation_modules, lrp_forward
+from .engine import OPERATIONS, Propagation, activation_modules, elementwise, lrp_forward, normalization_modules, register_operation
 from .rules import (
     AddRule,
     AlphaBetaRule,
@@ -34,8 +34,12 @@ __all__ = [
     "NormalizedAddRule",
     "ProductRule",
     "Propagation",
+    "OPERATIONS",
     "activation_modules",
+    "elementwise",
     "lrp_forward",
+    "normalization_modules",
+    "register_operation",
     "SplitAlphaBetaRule",
     "ZAddRule",
     "safe_divide",

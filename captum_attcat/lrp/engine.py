@@ -191,8 +191,9 @@ class _Elementwise(Function):
         return _vjp(ctx.fn, x, grad, ctx.propagation).to(x.dtype), None, None, None
 
 
-def _elementwise(x: Tensor, fn: Callable[[Tensor], Tensor], propagation: Propagation) -> Tensor:
-    """``fn(x)`` as one elementwise operation (``fn`` may run several torch operations)."""
+def elementwise(x: Tensor, fn: Callable[[Tensor], Tensor], propagation: Propagation) -> Tensor:
+    """``fn(x)`` as one elementwise operation of the relevance-carrying ``x`` (``fn`` may run
+    several torch operations): the chain rule for gradients, the elementwise rule for relevance."""
     with _suspended(propagation):
         if propagation.keep_gradients:  # ``fn``'s own graph gives the chain rule
             y = fn(x)
@@ -223,8 +224,31 @@ class _Add(Function):
 class _Product(Function):
     @staticmethod
     def forward(ctx, a, b, propagation):  # type: ignore[override]
-        ctx.rule = propagation.product_rules.get(id(a), propagation.rules.product)
         output = torch.matmul(a, b)
+        ctx.save_for_backward(a, b, output)
+        ctx.propagation, ctx.left = propagation, id(a)  # ``a`` is saved: its id stays its own
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, b, output = ctx.saved_tensors
+        if ctx.propagation.relevance_mode:
+            # looked up now, so a rule given to ``a`` after the product ran (an attention module's
+            # output read by a forward hook) applies too
+            rule = ctx.propagation.product_rules.get(ctx.left, ctx.propagation.rules.product)
+            ra, rb = rule.relevance(a, b, output, grad)
+        else:
+            ra = (grad @ b.transpose(-1, -2).to(grad.dtype)).sum_to_size(a.shape)
+            rb = (a.transpose(-1, -2).to(grad.dtype) @ grad).sum_to_size(b.shape)
+        return ra.to(a.dtype), rb.to(b.dtype), None
+
+
+class _ElementwiseProduct(Function):
+    """``a * b`` (broadcasting) of two relevance-carrying tensors."""
+
+    @staticmethod
+    def forward(ctx, a, b, propagation):  # type: ignore[override]
+        output = torch.mul(a, b)
         ctx.save_for_backward(a, b, output)
         ctx.propagation = propagation
         return output
@@ -233,10 +257,9 @@ class _Product(Function):
     def backward(ctx, grad):  # type: ignore[override]
         a, b, output = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
-            ra, rb = ctx.rule.relevance(a, b, output, grad)
+            ra, rb = ctx.propagation.rules.product.elementwise_relevance(a, b, output, grad)
         else:
-            ra = (grad @ b.transpose(-1, -2).to(grad.dtype)).sum_to_size(a.shape)
-            rb = (a.transpose(-1, -2).to(grad.dtype) @ grad).sum_to_size(b.shape)
+            ra, rb = (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape)
         return ra.to(a.dtype), rb.to(b.dtype), None
 
 
@@ -246,17 +269,40 @@ def _carries(value: Any) -> bool:
     return isinstance(value, Tensor) and value.requires_grad and not isinstance(value, torch.nn.Parameter)
 
 
-_LINEAR = {F.linear}
-_ADDMM = {torch.addmm, Tensor.addmm}
-_ELEMENTWISE = {
-    F.layer_norm, torch.layer_norm, F.rms_norm, F.gelu, F.relu, torch.relu, Tensor.relu, F.silu,
-    torch.tanh, Tensor.tanh, F.tanh, torch.softmax, Tensor.softmax, F.softmax, F.dropout,
-}
-_ADD = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__}
-_SCALE = {torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.div, Tensor.div, Tensor.__truediv__}
-_PRODUCT = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm}
-# operations whose own backward moves relevance as it moves values
-_MOVES = {
+Handler = Callable[[Propagation, Any, tuple, dict], Any]
+
+#: operation -> how the engine runs it when relevance-carrying tensors may be among its arguments;
+#: an operation missing here raises when it meets one (see :func:`register_operation`)
+OPERATIONS: dict[Any, Handler] = {}
+
+
+def register_operation(*funcs: Any) -> Callable[[Handler], Handler]:
+    """Decorator making ``handler(propagation, func, args, kwargs) -> output`` run each of ``funcs``
+    (torch functions or ``Tensor`` methods) during an LRP pass: adding a rule for a new operation
+    is one entry. A handler returns the output, built from the engine's autograd functions
+    where relevance must take another path than the gradient.
+
+    Example::
+
+        >>> @register_operation(torch.neg, Tensor.neg, Tensor.__neg__)
+        ... def negation(propagation, func, args, kwargs):
+        ...     return elementwise(args[0], func, propagation)
+    """
+    def register(handler: Handler) -> Handler:
+        for func in funcs:
+            OPERATIONS[func] = handler
+        return handler
+
+    return register
+
+
+def _moves(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Views, indexing, copies, casts, concatenation: their own backward moves relevance as it
+    moves values (a tensor used twice receives the sum of the relevance of both uses)."""
+    return func(*args, **kwargs)
+
+
+register_operation(
     Tensor.view, Tensor.view_as, Tensor.reshape, Tensor.reshape_as, torch.reshape, Tensor.transpose,
     torch.transpose, Tensor.permute, torch.permute, Tensor.contiguous, Tensor.__getitem__, Tensor.select,
     torch.select, Tensor.narrow, torch.narrow, Tensor.unsqueeze, torch.unsqueeze, Tensor.squeeze,
@@ -265,8 +311,123 @@ _MOVES = {
     Tensor.float, Tensor.double, Tensor.half, Tensor.bfloat16, Tensor.split, torch.split, Tensor.chunk,
     torch.chunk, Tensor.unbind, torch.unbind, torch.cat, torch.concat, torch.stack, Tensor.detach,
     Tensor.requires_grad_, Tensor.t, Tensor.movedim, torch.movedim, Tensor.__setitem__, Tensor.masked_fill,
-    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather,
-}
+    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather, torch.where, Tensor.where,
+)(_moves)
+
+
+@register_operation(F.linear)
+def _linear_layer(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``x W^T + b`` with relevance in ``x``: the linear rule (every ``nn.Linear``)."""
+    x = args[0]
+    weight = args[1] if len(args) > 1 else kwargs["weight"]
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    if not _carries(x):
+        return func(*args, **kwargs)
+    return _Linear.apply(x, weight, bias, propagation.rules.linear_rule_for(weight), propagation)
+
+
+@register_operation(torch.addmm, Tensor.addmm)
+def _addmm_layer(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``input + mat1 @ mat2`` with relevance in ``mat1``: GPT-2's ``Conv1D``, a linear layer."""
+    if not _carries(args[1] if len(args) > 1 else kwargs.get("mat1")):
+        return _refuse_or_run(propagation, func, args, kwargs)
+    return _addmm(propagation, *args, **kwargs)
+
+
+@register_operation(
+    F.layer_norm, torch.layer_norm, F.rms_norm, F.gelu, F.relu, torch.relu, Tensor.relu, F.silu, torch.tanh,
+    Tensor.tanh, F.tanh, torch.softmax, Tensor.softmax, F.softmax, F.dropout,
+    torch.neg, Tensor.neg, Tensor.__neg__,
+)
+def _one_tensor(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """An operation of one relevance-carrying tensor (normalisation, activation, softmax, dropout,
+    negation as in rotary embeddings' ``rotate_half``): the elementwise rule."""
+    if func is F.dropout and not (args[2] if len(args) > 2 else kwargs.get("training", True)):
+        return func(*args, **kwargs)  # identity in eval mode: nothing to intercept
+    if args and _carries(args[0]):
+        rest = args[1:]
+        return elementwise(args[0], lambda x: func(x, *rest, **kwargs), propagation)
+    return _refuse_or_run(propagation, func, args, kwargs)
+
+
+def _operands(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    return args[0], args[1] if len(args) > 1 else kwargs.get("other")
+
+
+@register_operation(torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__)
+def _sum(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``a + b``: the add rule when both carry relevance (residual connections); plus a constant,
+    the chain rule passes relevance unchanged."""
+    a, b = _operands(args, kwargs)
+    if _carries(a) and _carries(b):
+        if "alpha" in kwargs or kwargs.get("out") is not None:
+            raise NotImplementedError(_no_rule(func, "two relevance-carrying operands and `alpha`/`out`"))
+        return _Add.apply(a, b, propagation)
+    return func(*args, **kwargs)
+
+
+_DIVISIONS = (torch.div, Tensor.div, Tensor.__truediv__)
+
+
+@register_operation(torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, *_DIVISIONS)
+def _scaling(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``a * b`` or ``a / b``. By a constant: the elementwise rule (relevance passes through).
+    Two relevance-carrying factors (the gated MLP's ``act(gate(x)) * up(x)``): the product rule
+    elementwise, which gives each factor half of the relevance (the halved z-rule of the reference
+    code, and AttnLRP's uniform rule)."""
+    a, b = _operands(args, kwargs)
+    carry_a, carry_b = _carries(a), _carries(b)
+    if carry_a and carry_b:
+        if func in _DIVISIONS or kwargs.get("out") is not None:
+            raise NotImplementedError(_no_rule(func, "two relevance-carrying operands"))
+        return _ElementwiseProduct.apply(a, b, propagation)
+    if carry_b and func in _DIVISIONS:
+        raise NotImplementedError(_no_rule(func, "a relevance-carrying divisor"))
+    if carry_a or carry_b:
+        x, constant = (a, b) if carry_a else (b, a)
+        extra = {k: v for k, v in kwargs.items() if k != "other"}
+        op = (lambda t: func(t, constant, **extra)) if carry_a else (lambda t: func(constant, t, **extra))
+        return elementwise(x, op, propagation)
+    return func(*args, **kwargs)
+
+
+@register_operation(torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm)
+def _matrix_product(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``a @ b`` of two relevance-carrying tensors (``Q K^T``, ``A V``): the product rule."""
+    a, b = _operands(args, kwargs)
+    carry_a, carry_b = _carries(a), _carries(b)
+    if carry_a and carry_b and a.dim() >= 2 and b.dim() >= 2:
+        return _Product.apply(a, b, propagation)
+    if carry_a or carry_b:
+        raise NotImplementedError(_no_rule(func, "relevance-carrying operands"))
+    return func(*args, **kwargs)
+
+
+@register_operation(torch.baddbmm, Tensor.baddbmm)
+def _product_plus_constant(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``beta * input + alpha * (batch1 @ batch2)`` with a constant ``input`` (BLOOM's ALiBi
+    scores): the product rule, then scaling and a constant, which pass relevance unchanged."""
+    names = ("input", "batch1", "batch2")
+    values = dict(zip(names, args), **{k: v for k, v in kwargs.items() if k in names})
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    if _carries(values["input"]) or not (_carries(values["batch1"]) and _carries(values["batch2"])) or \
+            len(args) > 3 or kwargs.get("out") is not None:
+        return _refuse_or_run(propagation, func, args, kwargs)
+    product = _Product.apply(values["batch1"], values["batch2"], propagation)
+    if alpha != 1:
+        product = elementwise(product, lambda t: t * alpha, propagation)
+    return product + beta * values["input"]  # plain autograd here: a constant passes relevance on
+
+
+def _refuse_or_run(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Run ``func``; raise, naming it, if relevance-carrying inputs give relevance-carrying outputs."""
+    output = func(*args, **kwargs)
+    # property reads (``.T``, ``.mT``) are views, like the operations that move values
+    property_read = getattr(func, "__name__", "") == "__get__"
+    carried = any(_carries(o) for o in _flat((output,), {}))  # tuple outputs too (max, sort, std_mean)
+    if carried and not property_read and any(_carries(v) for v in _flat(args, kwargs)):
+        raise NotImplementedError(_no_rule(func, "relevance-carrying inputs"))
+    return output
 
 
 class _LRPMode(TorchFunctionMode):
@@ -277,7 +438,8 @@ class _LRPMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         propagation = self.propagation
-        if func in _MOVES or propagation.suspended or not propagation.started:
+        handler = OPERATIONS.get(func)
+        if handler is _moves or propagation.suspended or not propagation.started:
             return func(*args, **kwargs)
         if _in_place(func) and any(_carries(v) for v in _flat(args, kwargs)):
             raise NotImplementedError(
@@ -294,49 +456,7 @@ class _LRPMode(TorchFunctionMode):
                     "disable gradients between the explained input and the output"
                 )
             return output
-        if func in _ADDMM and _carries(args[1] if len(args) > 1 else kwargs.get("mat1")):
-            return _addmm(propagation, *args, **kwargs)
-        if func in _LINEAR:
-            x = args[0]
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _carries(x):
-                rule = propagation.rules.linear_rule_for(weight)
-                return _Linear.apply(x, weight, bias, rule, propagation)
-            return func(*args, **kwargs)
-        if func in _ELEMENTWISE:
-            if func is F.dropout and not (args[2] if len(args) > 2 else kwargs.get("training", True)):
-                return func(*args, **kwargs)  # identity in eval mode: nothing to intercept
-            if args and _carries(args[0]):
-                rest = args[1:]
-                return _elementwise(args[0], lambda x: func(x, *rest, **kwargs), propagation)
-            return func(*args, **kwargs)
-        if func in _ADD or func in _SCALE or func in _PRODUCT:
-            a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
-            carry_a, carry_b = _carries(a), _carries(b)
-            if carry_a and carry_b:
-                if func in _ADD and "alpha" not in kwargs and not kwargs.get("out"):
-                    return _Add.apply(a, b, propagation)
-                if func in _PRODUCT and a.dim() >= 2 and b.dim() >= 2:
-                    return _Product.apply(a, b, propagation)
-                raise NotImplementedError(_no_rule(func, "two relevance-carrying operands"))
-            if carry_a or carry_b:
-                if func in _ADD:  # plus a constant: the chain rule passes relevance unchanged
-                    return func(*args, **kwargs)
-                if func in _SCALE and (carry_a or func not in (torch.div, Tensor.div, Tensor.__truediv__)):
-                    x, constant = (a, b) if carry_a else (b, a)
-                    extra = {k: v for k, v in kwargs.items() if k != "other"}
-                    op = (lambda t: func(t, constant, **extra)) if carry_a else (lambda t: func(constant, t, **extra))
-                    return _elementwise(x, op, propagation)
-                raise NotImplementedError(_no_rule(func, "one relevance-carrying operand"))
-            return func(*args, **kwargs)
-        output = func(*args, **kwargs)
-        # property reads (``.T``, ``.mT``) are views, like the operations in _MOVES
-        property_read = getattr(func, "__name__", "") == "__get__"
-        carried = any(_carries(o) for o in _flat((output,), {}))  # tuple outputs too (max, sort, std_mean)
-        if carried and not property_read and any(_carries(v) for v in _flat(args, kwargs)):
-            raise NotImplementedError(_no_rule(func, "relevance-carrying inputs"))
-        return output
+        return (handler or _refuse_or_run)(propagation, func, args, kwargs)
 
 
 def _addmm(propagation: Propagation, input: Any, mat1: Tensor, mat2: Any, *, beta: float = 1, alpha: float = 1
@@ -402,6 +522,23 @@ def activation_modules(roots: Sequence[Module]) -> list[Module]:
     return found
 
 
+def normalization_modules(roots: Sequence[Module]) -> list[Module]:
+    """The hand-written normalisation modules under ``roots``: classes named ``...Norm`` defined
+    outside torch (Llama's ``LlamaRMSNorm``, T5's ``T5LayerNorm``, Cohere's LayerNorm), whose code
+    computes the norm with ``pow``/``mean``/``rsqrt``. Each is one elementwise operation during an
+    LRP pass (identity, like LayerNorm).
+
+    Example::
+
+        >>> {type(m).__name__ for m in normalization_modules([llama])}  # doctest: +SKIP
+        {'LlamaRMSNorm'}
+    """
+    return [
+        module for root in roots for module in root.modules()
+        if type(module).__name__.endswith("Norm") and not type(module).__module__.startswith("torch.")
+    ]
+
+
 @contextlib.contextmanager
 def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), start: Module | None = None
                 ) -> Iterator[Propagation]:
@@ -445,9 +582,9 @@ def _as_elementwise(forward: Callable[..., Any], propagation: Propagation, in_pl
                     ) -> Callable[..., Any]:
     """``forward`` as one elementwise operation; an in-place module (``nn.ReLU(inplace=True)``)
     works on a copy, so the tensor the graph saved stays as it was."""
-    def elementwise(x: Any, *args: Any, **kwargs: Any) -> Any:
+    def as_one_operation(x: Any, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs or not _carries(x):
             return forward(x, *args, **kwargs)
-        return _elementwise(x, (lambda t: forward(t.clone())) if in_place else forward, propagation)
+        return elementwise(x, (lambda t: forward(t.clone())) if in_place else forward, propagation)
 
-    return elementwise
+    return as_one_operation

@@ -21,8 +21,9 @@ Kinds of operation (the engine in :mod:`captum_attcat.lrp.engine` finds them):
 - ``elementwise``: operations of one relevance-carrying tensor: LayerNorm,
   GELU, ReLU, tanh, softmax, dropout, multiplication or division by a constant;
 - ``add``: a sum of two relevance-carrying tensors (residual connections);
-- ``product``: a matrix product of two relevance-carrying tensors
-  (``Q K^T`` and ``A V`` in attention).
+- ``product``: a product of two relevance-carrying tensors: matrix products
+  (``Q K^T`` and ``A V`` in attention) and elementwise ones (the gate of a gated MLP,
+  ``act(gate(x)) * up(x)`` in Llama-style models).
 
 All relevance is computed in float32 (or wider) and returned in the input's dtype.
 """
@@ -326,6 +327,17 @@ class ProductRule:
         rb = (wa.transpose(-1, -2) @ s).sum_to_size(b.shape).mul_(wb)
         return ra, rb
 
+    def elementwise_relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The same rule for an elementwise product ``z = a * b`` (broadcasting), such as a gated
+        MLP's ``act(gate(x)) * up(x)``: :math:`R_a = a \odot b \odot R/z`, so each factor receives
+        ``share`` of the relevance (exactly, where :math:`z \ne 0`; 0 where it is 0). With the
+        default ``share=0.5`` this is also AttnLRP's uniform rule."""
+        s = safe_divide(_wide(relevance), _wide(output), self.stabilizer, self.signed)
+        if self.share != 1:
+            s = s.mul_(self.share)
+        both = s.mul_(_wide(a)).mul_(_wide(b)) if s.shape == output.shape else s * _wide(a) * _wide(b)
+        return both.sum_to_size(a.shape), both.sum_to_size(b.shape)
+
     def __repr__(self) -> str:
         signed = ", signed=True" if self.signed else ""
         return f"ProductRule(share={self.share:g}{signed})"
@@ -355,12 +367,12 @@ class LRPRules:
 
     Attributes:
         linear: rule of every linear layer (default LRP-alpha1-beta0, bias ignored).
-        elementwise: rule of LayerNorm, activations, softmax, dropout and
-            scaling by constants (default: identity).
+        elementwise: rule of LayerNorm, RMSNorm, activations, softmax, dropout, negation
+            and scaling by constants (default: identity).
         add: rule of sums of two relevance-carrying tensors (default: the
             normalised z-rule, per example).
-        product: rule of matrix products of two relevance-carrying tensors
-            (default: the z-rule, halved for each operand).
+        product: rule of matrix and elementwise products of two relevance-carrying
+            tensors (default: the z-rule, halved for each operand).
         modules: per-module linear rules overriding ``linear``
             (e.g. ``{model.classifier: EpsilonRule()}``).
 

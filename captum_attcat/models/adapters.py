@@ -64,7 +64,7 @@ def logits_of(output: Any) -> Tensor:
 
 
 def _is_hf_model(obj: Any) -> bool:
-    return isinstance(obj, Module) and hasattr(obj, "config") and hasattr(obj, "_can_record_outputs")
+    return isinstance(obj, Module) and hasattr(obj, "config") and callable(getattr(obj, "get_input_embeddings", None))
 
 
 def _record_spec(spec: Any) -> tuple[type, str | None]:
@@ -102,8 +102,98 @@ def unwrapped(model: Any) -> Any:
             return model
 
 
-def hf_call(model: Module) -> Callable[..., Any]:
-    """``call(inputs, *args) -> model output`` for a Hugging Face model.
+def uses_attention_interface(module: Module) -> bool:
+    """Whether ``module`` computes attention through transformers' ``AttentionInterface`` (its
+    forward looks up ``ALL_ATTENTION_FUNCTIONS``), which the library can switch to its own
+    recording implementation; otherwise the model's own code runs and is read through
+    ``output_attentions``."""
+    forward = inspect.unwrap(type(module).forward)
+    return "ALL_ATTENTION_FUNCTIONS" in getattr(getattr(forward, "__code__", None), "co_names", ())
+
+
+def layer_count(config: Any) -> int | None:
+    """The number of transformer blocks a config declares."""
+    for name in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _explicit_hint(model: Module, why: str) -> str:
+    return (
+        f"cannot find the transformer blocks and attention of {type(model).__name__}: {why}. Pass them "
+        "explicitly: Method(model, layers=[block, ...], attention_modules=[attn, ...]), with attention "
+        "modules that return the probabilities (batch, heads, queries, keys) or a tuple ending with them"
+    )
+
+
+def _attention_of(block: Module) -> list[Module]:
+    """The innermost modules of ``block`` whose class name says attention (self-attention, not
+    cross-attention): ``BertSelfAttention`` inside ``BertAttention``."""
+    found = [(name, m) for name, m in block.named_modules()
+             if "attention" in type(m).__name__.lower() and "cross" not in (name + type(m).__name__).lower()]
+    return [m for name, m in found
+            if not any(other is not m and "attention" in type(other).__name__.lower() for other in m.modules())]
+
+
+def _applications(model: Module, blocks: list[Module], expected: int | None) -> list[Module]:
+    """Blocks in the order the forward applies them: ALBERT applies its layer groups
+    ``num_hidden_layers`` times in all (``num_hidden_groups`` groups of the found layers)."""
+    groups = getattr(model.config, "num_hidden_groups", None)
+    if not isinstance(groups, int) or expected is None or len(blocks) == expected or len(blocks) % groups:
+        return blocks
+    per_group = len(blocks) // groups
+    return [blocks[g * per_group + j] for i in range(expected) for g in [i * groups // expected]
+            for j in range(per_group)]
+
+
+def find_blocks(model: Module) -> tuple[list[Module], list[Module]]:
+    """``(blocks, attention modules)`` of a Hugging Face model, one entry per application.
+
+    From ``_can_record_outputs`` (``"hidden_states"`` -> block class, ``"attentions"`` -> attention
+    class, or a list of recorders of which one matches every block) where the model declares it;
+    otherwise the model's list of ``config.num_hidden_layers`` identical layers and, in each, its
+    innermost self-attention module. Raises, saying what was searched, when neither fits.
+
+    Example::
+
+        >>> blocks, attention = find_blocks(deberta)      # no _can_record_outputs  # doctest: +SKIP
+        >>> type(attention[0]).__name__
+        'DisentangledSelfAttention'
+    """
+    expected = layer_count(model.config)
+    spec = getattr(type(model), "_can_record_outputs", None) or {}
+    if spec.get("hidden_states") is not None:
+        blocks = _applications(model, _modules_matching(model, spec["hidden_states"]), expected)
+        entries = spec.get("attentions")
+        for entry in entries if isinstance(entries, (list, tuple)) else [entries]:
+            attention = _applications(model, _modules_matching(model, entry), expected)
+            if blocks and len(attention) == len(blocks) and (expected is None or len(blocks) % expected == 0):
+                return blocks, attention
+        raise ValueError(_explicit_hint(
+            model, f"searched for modules of class {_record_spec(spec['hidden_states'])[0].__name__} (blocks, "
+                   f"found {len(blocks)}) and of the classes its `_can_record_outputs` gives for 'attentions', "
+                   f"expecting {expected} of each"))
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == expected
+             and len({type(layer) for layer in m}) == 1]
+    if len(lists) != 1:
+        raise ValueError(_explicit_hint(
+            model, f"searched its module tree for one list of {expected} identical layers "
+                   f"(config.num_hidden_layers) and found {len(lists)}"))
+    blocks = list(lists[0])
+    attention = [_attention_of(block) for block in blocks]
+    if any(len(found) != 1 for found in attention):
+        raise ValueError(_explicit_hint(
+            model, f"searched each {type(blocks[0]).__name__} for one innermost self-attention module and found "
+                   f"{[type(m).__name__ for m in attention[0]]}"))
+    return blocks, [found[0] for found in attention]
+
+
+def hf_call(model: Module, output_attentions: bool = False) -> Callable[..., Any]:
+    """``call(inputs, *args) -> model output`` for a Hugging Face model (``output_attentions=True``
+    asks the model for its attention probabilities, for models whose own attention code returns
+    them only then).
 
     Floating ``inputs`` are passed as ``inputs_embeds``, token ids as
     ``input_ids``. The additional arguments are, in order, the attention mask and
@@ -122,6 +212,8 @@ def hf_call(model: Module) -> Callable[..., Any]:
             )
         kwargs = dict(zip(names, args))
         _check_token_types(kwargs.get("token_type_ids"), inputs, model.config)
+        if output_attentions:
+            kwargs["output_attentions"] = True
         if inputs.is_floating_point():
             return model(inputs_embeds=inputs, **kwargs)
         return model(input_ids=inputs, **kwargs)
@@ -174,30 +266,36 @@ class TransformerAdapter:
     def from_model(cls, model: Any) -> "TransformerAdapter":
         """Find blocks and attention modules of a Hugging Face model (a ``torch.compile``
         or ``DataParallel`` wrapper is looked through: explanations run the eager module,
-        with the same weights, since they hook and rewrite its operations)."""
+        with the same weights, since they hook and rewrite its operations).
+
+        The blocks come from the model's ``_can_record_outputs`` when it declares them, else
+        from its module tree (:func:`find_blocks`); a layer applied several times (ALBERT's
+        shared layer) is one block per application.
+        """
         model = unwrapped(model)
-        if not _is_hf_model(model):
+        if not (isinstance(model, Module) and hasattr(model, "config")):
             raise TypeError(
-                f"cannot find the transformer blocks of {type(model).__name__}: searched for a "
-                "Hugging Face PreTrainedModel declaring `_can_record_outputs` "
-                "('hidden_states' -> block class, 'attentions' -> attention class). For any "
-                "other model pass them explicitly: "
+                f"cannot find the transformer blocks of {type(model).__name__}: it is not a Hugging Face "
+                "PreTrainedModel. For any other model pass them explicitly: "
                 "Method(forward_func, layers=[block, ...], attention_modules=[attn, ...])"
             )
-        spec = type(model)._can_record_outputs or {}
-        blocks = _modules_matching(model, spec.get("hidden_states"))
-        attention = _modules_matching(model, spec.get("attentions"))
-        expected = getattr(model.config, "num_hidden_layers", len(blocks))
-        if not blocks or len(blocks) != len(attention) or len(blocks) != expected:
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError(_explicit_hint(
+                model, "it is an encoder-decoder model, whose output reads the decoder (which attends to the "
+                       "encoder through cross-attention), and the methods explain one stack of blocks"))
+        blocks, attention = find_blocks(model)
+        interface = all(uses_attention_interface(m) for m in attention)
+        loaded = getattr(model.config, "_attn_implementation", None)
+        if not interface and loaded not in (None, "eager"):
             raise ValueError(
-                f"cannot find the attention of {type(model).__name__}: searched for modules of "
-                f"class {_record_spec(spec.get('hidden_states'))[0]!r} (blocks, found "
-                f"{len(blocks)}) and {_record_spec(spec.get('attentions'))[0]!r} (attention, "
-                f"found {len(attention)}), expecting {expected} of each. Pass them "
-                "explicitly: Method(model, layers=[...], attention_modules=[...])"
+                f"{type(model).__name__} computes attention in its own code, which returns the probabilities "
+                f"only on its eager path; loaded with attn_implementation={loaded!r} it takes another path, so "
+                "the explained forward would not be the model's own. Load it with attn_implementation=\"eager\" "
+                "(from_pretrained(..., attn_implementation=\"eager\"))"
             )
-
-        return cls(hf_call(model), blocks, attention, root=model, config=model.config)
+        # a model with its own attention code returns the probabilities only when asked
+        return cls(hf_call(model, output_attentions=not interface), blocks, attention, root=model,
+                   config=model.config)
 
     @classmethod
     def explicit(
@@ -232,10 +330,13 @@ class TransformerAdapter:
         self.forward: Callable[..., Tensor] = lambda inputs, *args: logits_of(self.call(inputs, *args))
         #: modules switched to eval mode during a call: the model, or the given modules
         self.roots: list[Module] = [self.root] if self.root is not None else self.blocks + self.attention_modules
-        #: the Hugging Face configs switched to the library's attention implementation
-        self.attention_configs = attention_configs(self.roots)
-        #: attention modules outside transformers' AttentionInterface (read through forward hooks)
-        self.hooked_attention = [m for m in self.attention_modules if not attention_configs([m])]
+        #: the Hugging Face configs switched to the library's attention implementation: only where
+        #: the blocks compute attention through the interface (a model with its own code, such as
+        #: Falcon, would take another code path once switched)
+        interface = any(uses_attention_interface(m) for block in self.blocks for m in block.modules())
+        self.attention_configs = attention_configs(self.roots) if interface else []
+        #: attention modules outside transformers' AttentionInterface (read through forward hooks), once each
+        self.hooked_attention = list(dict.fromkeys(m for m in self.attention_modules if not uses_attention_interface(m)))
 
     def lock(self) -> Any:
         """A context holding the lock of the explained model (:func:`model_lock` of its
