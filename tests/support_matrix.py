@@ -59,6 +59,9 @@ class Family:
     attn_implementation: str | None = None
     #: a token every example ends with (BART's classification head reads the last <eos>)
     end_token: int | None = None
+    #: factor on the query and key weights: attention scores far from 0, so that what acts on them
+    #: (soft-capping) changes the logits visibly
+    sharpen: float = 1.0
 
 
 FAMILIES = [
@@ -76,7 +79,7 @@ FAMILIES = [
     # decoders, classification heads read at the last real token
     Family("GPT-2", "gpt2"), Family("Llama", "llama"), Family("Mistral", "mistral", settings=dict(sliding_window=3)),
     Family("Qwen2", "qwen2"), Family("Qwen3", "qwen3"), Family("Gemma", "gemma"),
-    Family("Gemma-2", "gemma2", settings=dict(attn_logit_softcapping=0.5, final_logit_softcapping=0.5)),
+    Family("Gemma-2", "gemma2", settings=dict(attn_logit_softcapping=0.5, final_logit_softcapping=0.5), sharpen=30),
     Family("Gemma-3", "gemma3_text", settings=dict(sliding_window=3)), Family("Phi", "phi"), Family("Phi-3", "phi3"),
     Family("GPT-NeoX", "gpt_neox"), Family("GPT-J", "gptj", settings=dict(rotary_dim=4)), Family("GPT-Neo", "gpt_neo"),
     Family("BLOOM", "bloom"), Family("Falcon", "falcon", attn_implementation="eager"), Family("MPT", "mpt"),
@@ -89,7 +92,7 @@ FAMILIES = [
     # causal language models explaining the next token
     Family("Llama (causal LM)", "llama", head="causal-lm"), Family("GPT-2 (causal LM)", "gpt2", head="causal-lm"),
     Family("Gemma-2 (causal LM)", "gemma2", head="causal-lm",
-           settings=dict(attn_logit_softcapping=0.5, final_logit_softcapping=0.5)),
+           settings=dict(attn_logit_softcapping=0.5, final_logit_softcapping=0.5), sharpen=30),
     # encoder-decoder models
     Family("BART", "bart", end_token=2), Family("T5", "t5", end_token=2, settings=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                         decoder_start_token_id=0)),
@@ -118,7 +121,12 @@ def tiny_model(family: Family) -> torch.nn.Module:
         config._attn_implementation = family.attn_implementation
     torch.manual_seed(0)
     auto = AutoModelForCausalLM if family.head == "causal-lm" else AutoModelForSequenceClassification
-    return auto.from_config(config).to(family.dtype).eval()
+    model = auto.from_config(config).to(family.dtype).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(family.sharpen)
+    return model
 
 
 def padded_inputs(pad: int, end_token: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,136 @@
+"""Llama-style rules, attention keywords and block finding on tiny models of several families."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from captum_attcat import AttCAT, MaskLRP, TransAtt, TransformerLRP
+from captum_attcat.lrp import ProductRule
+from conftest import assert_same_state, snapshot
+from support_matrix import FAMILIES, tiny_model
+
+warnings.filterwarnings("ignore", message=".*was not found in the config.*")
+
+
+def family(name: str):
+    return next(f for f in FAMILIES if f.name == name)
+
+
+def test_elementwise_product_rule_gives_each_factor_half():
+    g = torch.Generator().manual_seed(0)
+    # factors away from 0, so that the stabiliser (1e-9 added to a * b) does not show
+    a, b = (torch.rand(2, 5, 8, dtype=torch.float64, generator=g) + 0.5 for _ in range(2))
+    relevance = torch.randn(2, 5, 8, dtype=torch.float64, generator=g)
+    ra, rb = ProductRule().elementwise_relevance(a, b, a * b, relevance)
+    torch.testing.assert_close(ra, 0.5 * relevance)
+    torch.testing.assert_close(rb, 0.5 * relevance)
+    shared = torch.rand(1, 5, 8, dtype=torch.float64, generator=g) + 0.5  # a broadcast factor receives the sum over the batch
+    ra, _ = ProductRule().elementwise_relevance(shared, b, shared * b, relevance)
+    torch.testing.assert_close(ra, 0.5 * relevance.sum(0, keepdim=True))
+
+
+@pytest.mark.parametrize("name", ["Llama", "Gemma-2", "Qwen2", "GPT-NeoX", "Phi-3", "GPT-J", "ALBERT"])
+def test_relevance_is_conserved_through_every_family_rule(name):
+    """RMSNorm, rotary embeddings, gated MLPs, soft-capping, a shared layer: TransformerLRP's
+    scores still sum to the 1.0 started at the logit."""
+    model = tiny_model(family(name))
+    ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    scores = TransformerLRP(model).attribute(ids, target=[0, 1], additional_forward_args=(torch.ones_like(ids),))
+    torch.testing.assert_close(scores.sum(1), torch.ones(2, dtype=scores.dtype), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("method", ["TransAtt", "MaskLRP"])
+def test_llama_batch_equals_one_by_one_with_padding_on_either_side(side, method):
+    model = tiny_model(family("Llama"))
+    model.config.padding_side = side
+    generator = torch.Generator().manual_seed(3)
+    lengths = [7, 4]
+    ids = torch.zeros(2, 7, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        where = slice(0, n) if side == "right" else slice(7 - n, 7)
+        ids[row, where] = torch.randint(5, 100, (n,), generator=generator)
+        mask[row, where] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() gives them: left padding shifts nothing
+    head_mask = (torch.arange(2)[:, None] + torch.arange(4)[None]) % 2 == 0
+    explainer = TransAtt(model) if method == "TransAtt" else MaskLRP(model, head_mask=head_mask)
+    before = snapshot(model)
+    batch = explainer.attribute(ids, target=[0, 1], additional_forward_args=(mask, positions))
+    assert_same_state(before, snapshot(model))
+    for row, n in enumerate(lengths):
+        real = mask[row].bool()
+        alone = explainer.attribute(ids[row:row + 1, real], target=row, additional_forward_args=(mask[row:row + 1, real],))
+        torch.testing.assert_close(batch[row, real], alone[0], rtol=1e-9, atol=1e-12)
+        assert batch[row, ~real].eq(0).all()
+
+
+def test_gradient_mode_through_llama_rules_gives_the_ordinary_gradients():
+    model = tiny_model(family("Llama"))
+    ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    explainer = TransAtt(model)
+    run = explainer._relevance_pass(ids, [0, 1], None, blocks=[0, 1], attention_grads=True)
+    plain = explainer._gradient_pass(ids, [0, 1], None, block_inputs=None, attention_grads=True)
+    for ours, theirs in zip(run.attention_grads, plain.attention_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_soft_capping_and_sinks_are_applied():
+    """Gemma-2's soft-capping and gpt-oss's sinks change the probabilities: a row of gpt-oss's sums to
+    less than 1, and Gemma-2's explained logits are its own."""
+    gemma = tiny_model(family("Gemma-2"))
+    ids = torch.randint(5, 100, (1, 6), generator=torch.Generator().manual_seed(2))
+    run = AttCAT(gemma)._gradient_pass(ids, 0, None, attention=True)
+    # (Gemma-2's own eager softmax runs in float32 even in a float64 model, hence 1e-6)
+    torch.testing.assert_close(run.scores, gemma(input_ids=ids).logits[:, 0].detach(), rtol=0, atol=1e-6)
+    attentions = [m for m in gemma.modules() if hasattr(m, "attn_logit_softcapping")]
+    for module in attentions:  # without soft-capping the logits differ: dropping it could not go unseen
+        module.attn_logit_softcapping = None
+    assert (gemma(input_ids=ids).logits[:, 0].detach() - run.scores).abs().max() > 1e-3
+    oss = tiny_model(family("gpt-oss"))
+    run = AttCAT(oss)._gradient_pass(ids, 0, None, attention=True)
+    assert (run.attentions[0].sum(-1) < 1 - 1e-4).all()
+    torch.testing.assert_close(run.scores, oss(input_ids=ids).logits[:, 0].detach(), rtol=0, atol=1e-6)
+
+
+def test_an_unknown_attention_keyword_is_refused_by_name():
+    from captum_attcat._utils.attention import _dispatch_attention
+
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(NotImplementedError, match="passes `position_bias` to its attention implementation"):
+        _dispatch_attention(torch.nn.Module(), q, q, q, None, position_bias=torch.zeros(1))
+
+
+def test_a_model_with_its_own_attention_code_must_be_loaded_eager():
+    model = tiny_model(family("Falcon"))
+    model.config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match='Load it with attn_implementation="eager"'):
+        AttCAT(model)
+
+
+@pytest.mark.parametrize("name", ["BART", "T5"])
+def test_encoder_decoder_models_are_refused(name):
+    with pytest.raises(ValueError, match="encoder-decoder model"):
+        AttCAT(tiny_model(family(name)))
+
+
+def test_a_shared_layer_is_one_block_per_application():
+    model = tiny_model(family("ALBERT"))
+    explainer = TransAtt(model)
+    assert len(explainer.adapter.blocks) == 2 and explainer.adapter.blocks[0] is explainer.adapter.blocks[1]
+    ids = torch.randint(5, 100, (1, 6), generator=torch.Generator().manual_seed(4))
+    run = explainer._relevance_pass(ids, 0, None, blocks=[0, 1], attention_grads=True)
+    assert all(r.count_nonzero() for r in run.attention_relevance)
+    assert not torch.equal(run.attentions[0], run.attentions[1])
+
+
+def test_a_language_model_explains_a_next_token_given_as_position_and_token_id():
+    model = tiny_model(family("Llama (causal LM)"))
+    ids = torch.randint(5, 100, (2, 5), generator=torch.Generator().manual_seed(5))
+    scores = AttCAT(model).attribute(ids, target=[(4, 7), (4, 9)])
+    assert scores.shape == (2, 5)
+    with pytest.raises(TypeError, match=r"\(position, token_id\) for a language model's next token"):
+        AttCAT(model).attribute(ids, target=7)
