@@ -20,6 +20,7 @@ model and inputs already hold, reported next to the floor's (``--no-memory`` ski
 Usage::
 
     python -m benchmarks.speed [--json FILE] [--batch-sizes 1 32] [--repeats 9] [--statistic min]
+    python -m benchmarks.speed --architecture llama --no-memory   # a MiniLM-sized Llama
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 import transformers
 from captum.attr import LayerIntegratedGradients
 from torch import Tensor
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from captum_attcat import METHODS, HeadMask, MaskLRP, TransformerAdapter
 
@@ -50,14 +51,20 @@ IG_MIN_SPEEDUP = 25.0
 HEAD_MASK = Path(__file__).resolve().parents[1] / "docs" / "minilm_head_mask.json"
 
 
-def minilm_sized_model(seed: int = 0) -> BertForSequenceClassification:
-    """A BERT shaped like all-MiniLM-L6-v2 (6 blocks, 12 heads, hidden 384), random weights."""
+#: the architecture measured (``--architecture``)
+ARCHITECTURES = ("bert", "llama")
+_architecture = "bert"
+
+
+def minilm_sized_model(seed: int = 0, architecture: str | None = None) -> torch.nn.Module:
+    """A model shaped like all-MiniLM-L6-v2 (6 blocks, 12 heads, hidden 384, feed-forward 1536),
+    random weights: a BERT, or a Llama (RMSNorm, rotary embeddings, gated MLP) of the same sizes."""
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-        intermediate_size=1536, max_position_embeddings=512, num_labels=2,
-    )
-    return BertForSequenceClassification(config).eval()
+    sizes = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                 intermediate_size=1536, max_position_embeddings=512, num_labels=2)
+    if (architecture or _architecture) == "llama":
+        return LlamaForSequenceClassification(LlamaConfig(**sizes, pad_token_id=0)).eval()
+    return BertForSequenceClassification(BertConfig(**sizes)).eval()
 
 
 def gradient_floor(model: torch.nn.Module, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
@@ -74,9 +81,8 @@ def gradient_floor(model: torch.nn.Module, ids: Tensor, mask: Tensor, target: Te
 
 def _integrated_gradients(model: torch.nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """Captum's LayerIntegratedGradients on the embeddings, baseline = [PAD] ids."""
-    explainer = LayerIntegratedGradients(
-        lambda ids, mask: model(ids, attention_mask=mask).logits, model.bert.embeddings
-    )
+    embeddings = model.bert.embeddings if hasattr(model, "bert") else model.get_input_embeddings()
+    explainer = LayerIntegratedGradients(lambda ids, mask: model(ids, attention_mask=mask).logits, embeddings)
 
     def run(ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         baseline = torch.full_like(ids, model.config.pad_token_id or 0)
@@ -239,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-batch", type=int, default=8)
     parser.add_argument("--memory-seq-len", type=int, default=512)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="bert",
+                        help="the MiniLM-sized model measured: BERT (default) or Llama")
     args = parser.parse_args(argv)
-    global _clock
+    global _clock, _architecture
     _clock = CLOCKS[args.clock]
+    _architecture = args.architecture
+    if args.architecture != "bert" and not args.no_memory:
+        parser.error("peak memory is measured on the BERT only: add --no-memory")
     torch.set_num_threads(args.threads)
     results = [measure(b, args.seq_len, args.repeats, args.ig_repeats, args.statistic) for b in args.batch_sizes]
     print(table(results))
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         environment = {
             "torch": torch.__version__, "captum": captum.__version__, "transformers": transformers.__version__,
             "python": sys.version.split()[0], "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "clock": args.clock,
+            "clock": args.clock, "architecture": args.architecture,
         }
         with open(args.json, "w") as handle:
             json.dump({"environment": environment, "results": results, "peak_memory": memory, "over_budget": missed},

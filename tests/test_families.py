@@ -134,3 +134,75 @@ def test_a_language_model_explains_a_next_token_given_as_position_and_token_id()
     assert scores.shape == (2, 5)
     with pytest.raises(TypeError, match=r"\(position, token_id\) for a language model's next token"):
         AttCAT(model).attribute(ids, target=7)
+
+
+def _relevance_of(fn, *shapes):
+    """Gradient and relevance of ``fn(*inputs).sum()`` under the LRP engine, float64."""
+    from captum_attcat.lrp import Propagation, lrp_forward
+
+    g = torch.Generator().manual_seed(6)
+    inputs = [torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True) for shape in shapes]
+    propagation = Propagation()
+    with lrp_forward(propagation):
+        output = fn(*inputs)
+    grads = propagation.gradients(output.sum(), inputs, retain_graph=True)
+    relevance = propagation.relevance(output.sum(), inputs)
+    expected = torch.autograd.grad(fn(*inputs).sum(), inputs)
+    for grad, plain in zip(grads, expected):
+        torch.testing.assert_close(grad, plain)  # gradient mode is the chain rule
+    return inputs, output.detach(), relevance
+
+
+def test_a_gelu_written_with_erf_passes_relevance_unchanged():
+    import math
+
+    (x,), _, (relevance,) = _relevance_of(lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))), (3, 4))
+    torch.testing.assert_close(relevance, torch.ones_like(x))
+
+
+def test_subtraction_is_the_add_rule_with_a_negated_operand():
+    cos, sin = torch.rand(4, dtype=torch.float64) + 0.5, torch.rand(4, dtype=torch.float64) + 0.5
+    (a, b), _, (ra, rb) = _relevance_of(lambda a, b: a * cos - b * sin, (2, 3, 4), (2, 3, 4))
+    torch.testing.assert_close((ra + rb).sum((1, 2)), torch.full((2,), 12.0, dtype=torch.float64))
+    (x,), _, (rx,) = _relevance_of(lambda x: 3.0 - x, (2, 5))  # minus the input: relevance unchanged
+    torch.testing.assert_close(rx, torch.ones_like(x))
+
+
+def test_a_product_with_a_transposed_weight_is_that_linear_layer():
+    """Falcon's linear layers compute ``x @ W.T``: the same relevance as ``F.linear(x, W)``, and a
+    per-module rule given for the layer applies."""
+    import torch.nn.functional as F
+
+    from captum_attcat.lrp import EpsilonRule, LRPRules, Propagation, lrp_forward
+
+    layer = torch.nn.Linear(4, 3, bias=False).double().requires_grad_(False)
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    results = []
+    for fn in (lambda t: t @ layer.weight.T, lambda t: F.linear(t, layer.weight)):
+        for rules in (LRPRules(), LRPRules(modules={layer: EpsilonRule()})):
+            propagation = Propagation(rules)
+            with lrp_forward(propagation):
+                y = fn(x)
+            results.append(propagation.relevance(y.sum(), [x])[0])
+    torch.testing.assert_close(results[0], results[2])
+    torch.testing.assert_close(results[1], results[3])
+    assert not torch.allclose(results[0], results[1])
+
+
+@pytest.mark.parametrize("name", ["BLOOM", "DeBERTa-v2"])
+def test_the_head_mask_applies_where_the_model_multiplies_a_reshaped_copy(name):
+    """BLOOM and DeBERTa-v2 multiply the values by a (batch * heads) view of the probabilities they
+    return: the head mask still applies there, so which heads are kept changes the result."""
+    model = tiny_model(family(name))
+    ids = torch.randint(5, 100, (1, 6), generator=torch.Generator().manual_seed(7))
+    every = torch.ones(2, 4, dtype=torch.bool)
+    some = every.clone()
+    some[1, :3] = False
+    received = []
+    for mask in (every, some):
+        run = MaskLRP(model, head_mask=mask)._relevance_pass(ids, 0, None, blocks=range(2), attention_grads=True)
+        received.append(run.recorder.received)
+    assert received[0][0].shape == run.attentions[0].shape  # (batch, heads, queries, keys)
+    torch.testing.assert_close(received[0][1], received[1][1])  # the last block receives the same ...
+    change = (received[0][0] - received[1][0]).abs().max() / received[0][0].abs().max()
+    assert change > 1e-5  # ... and passes less down through its masked heads (0 if the mask were ignored)

@@ -47,6 +47,13 @@ class HeadMaskedProduct:
 
     def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
         ra, rb = self.base.relevance(a, b, output, relevance)
+        if ra.dim() == 3:  # heads folded into the batch, (batch * heads, queries, keys), as BLOOM multiplies
+            heads = self.keep.numel()
+            kept_a, kept_b = self._masked(ra.view(-1, heads, *ra.shape[1:]), rb.view(-1, heads, *rb.shape[1:]))
+            return kept_a.view(ra.shape), kept_b.view(rb.shape)
+        return self._masked(ra, rb)
+
+    def _masked(self, ra: Tensor, rb: Tensor) -> tuple[Tensor, Tensor]:
         self.received[self.block] = ra / self.base.share
         if self.renormalize:
             before = ra.flatten(1).sum(1) + rb.flatten(1).sum(1)

@@ -36,6 +36,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
+import weakref
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -60,6 +62,8 @@ class Propagation:
         #: rules for the products whose left operand is a given tensor (by identity),
         #: e.g. the ``A V`` product of one block's attention
         self.product_rules: dict[int, Any] = {}
+        #: id of a tensor made by moving values -> weak references to it and to the tensor it came from
+        self.made_from: dict[int, tuple[Any, int]] = {}
         #: > 0 while an operation handled as a whole (an activation module) runs its own code
         self.suspended = 0
         #: whether the explained input has entered (operations before it are constants)
@@ -72,6 +76,22 @@ class Propagation:
         if view is None:
             view = self._transposed[id(weight)] = weight.t()
         return view
+
+    def product_rule(self, left: Tensor) -> Any:
+        """The rule of a product whose left operand is ``left``: one given to it, or to the tensor
+        it was reshaped from (a few steps back), else the default product rule."""
+        tensor: Tensor | None = left
+        for _ in range(8):
+            if tensor is None:
+                break
+            rule = self.product_rules.get(id(tensor))
+            if rule is not None:
+                return rule
+            entry = self.made_from.get(id(tensor))
+            if entry is None or entry[0]() is not tensor:  # (an id reused by another tensor is no link)
+                break
+            tensor = entry[1]()
+        return self.rules.product
 
     def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
         """Ordinary gradients of ``output`` (summed) w.r.t. ``inputs``."""
@@ -226,7 +246,7 @@ class _Product(Function):
     def forward(ctx, a, b, propagation):  # type: ignore[override]
         output = torch.matmul(a, b)
         ctx.save_for_backward(a, b, output)
-        ctx.propagation, ctx.left = propagation, id(a)  # ``a`` is saved: its id stays its own
+        ctx.propagation = propagation
         return output
 
     @staticmethod
@@ -235,8 +255,7 @@ class _Product(Function):
         if ctx.propagation.relevance_mode:
             # looked up now, so a rule given to ``a`` after the product ran (an attention module's
             # output read by a forward hook) applies too
-            rule = ctx.propagation.product_rules.get(ctx.left, ctx.propagation.rules.product)
-            ra, rb = rule.relevance(a, b, output, grad)
+            ra, rb = ctx.propagation.product_rule(a).relevance(a, b, output, grad)
         else:
             ra = (grad @ b.transpose(-1, -2).to(grad.dtype)).sum_to_size(a.shape)
             rb = (a.transpose(-1, -2).to(grad.dtype) @ grad).sum_to_size(b.shape)
@@ -298,8 +317,14 @@ def register_operation(*funcs: Any) -> Callable[[Handler], Handler]:
 
 def _moves(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     """Views, indexing, copies, casts, concatenation: their own backward moves relevance as it
-    moves values (a tensor used twice receives the sum of the relevance of both uses)."""
-    return func(*args, **kwargs)
+    moves values (a tensor used twice receives the sum of the relevance of both uses). A reshaped
+    relevance-carrying tensor remembers what it was made from, so that a product rule given to the
+    original (attention probabilities a model returns after multiplying a reshaped copy) applies."""
+    output = func(*args, **kwargs)
+    source = args[0] if args else None
+    if isinstance(output, Tensor) and isinstance(source, Tensor) and output.requires_grad and output is not source:
+        propagation.made_from[id(output)] = (weakref.ref(output), weakref.ref(source))
+    return output
 
 
 register_operation(
@@ -337,11 +362,13 @@ def _addmm_layer(propagation: Propagation, func: Any, args: tuple, kwargs: dict)
 @register_operation(
     F.layer_norm, torch.layer_norm, F.rms_norm, F.gelu, F.relu, torch.relu, Tensor.relu, F.silu, torch.tanh,
     Tensor.tanh, F.tanh, torch.softmax, Tensor.softmax, F.softmax, F.dropout,
-    torch.neg, Tensor.neg, Tensor.__neg__,
+    torch.neg, Tensor.neg, Tensor.__neg__, torch.erf, Tensor.erf,
 )
 def _one_tensor(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     """An operation of one relevance-carrying tensor (normalisation, activation, softmax, dropout,
-    negation as in rotary embeddings' ``rotate_half``): the elementwise rule."""
+    negation as in rotary embeddings' ``rotate_half``, ``erf`` in a GELU written out): the elementwise
+    rule. A GELU written as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` thus hands each entry of ``x`` the
+    relevance of its output (half through each factor), as the GELU module would."""
     if func is F.dropout and not (args[2] if len(args) > 2 else kwargs.get("training", True)):
         return func(*args, **kwargs)  # identity in eval mode: nothing to intercept
     if args and _carries(args[0]):
@@ -364,6 +391,24 @@ def _sum(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
             raise NotImplementedError(_no_rule(func, "two relevance-carrying operands and `alpha`/`out`"))
         return _Add.apply(a, b, propagation)
     return func(*args, **kwargs)
+
+
+@register_operation(torch.sub, Tensor.sub, Tensor.__sub__, Tensor.__rsub__, torch.rsub)
+def _difference(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``a - b`` as ``a + (-b)``: the add rule when both carry relevance (gpt-oss's rotary
+    embeddings), negation passing relevance unchanged; minus a constant passes it unchanged."""
+    a, b = _operands(args, kwargs)
+    if func in (Tensor.__rsub__, torch.rsub):  # other - self
+        a, b = b, a
+    carry_a, carry_b = _carries(a), _carries(b)
+    if "alpha" in kwargs or kwargs.get("out") is not None:
+        if carry_a or carry_b:
+            raise NotImplementedError(_no_rule(func, "relevance-carrying operands and `alpha`/`out`"))
+        return func(*args, **kwargs)
+    if carry_b:
+        negated = elementwise(b, torch.neg, propagation)
+        return _Add.apply(a, negated, propagation) if carry_a else negated + a
+    return func(*args, **kwargs)  # minus a constant (or nothing carrying): the chain rule passes it on
 
 
 _DIVISIONS = (torch.div, Tensor.div, Tensor.__truediv__)
@@ -398,6 +443,11 @@ def _matrix_product(propagation: Propagation, func: Any, args: tuple, kwargs: di
     carry_a, carry_b = _carries(a), _carries(b)
     if carry_a and carry_b and a.dim() >= 2 and b.dim() >= 2:
         return _Product.apply(a, b, propagation)
+    if carry_a and not carry_b and isinstance(b, Tensor) and b.dim() == 2 and func in (torch.matmul, Tensor.matmul,
+                                                                                        Tensor.__matmul__):
+        # ``x @ W.T`` (Falcon's linear layers): a linear layer whose weight is ``W``
+        return _Linear.apply(a, _weight_of(b, propagation), None, propagation.rules.linear_rule_for(_weight_of(
+            b, propagation)), propagation)
     if carry_a or carry_b:
         raise NotImplementedError(_no_rule(func, "relevance-carrying operands"))
     return func(*args, **kwargs)
@@ -417,6 +467,16 @@ def _product_plus_constant(propagation: Propagation, func: Any, args: tuple, kwa
     if alpha != 1:
         product = elementwise(product, lambda t: t * alpha, propagation)
     return product + beta * values["input"]  # plain autograd here: a constant passes relevance on
+
+
+def _weight_of(matrix: Tensor, propagation: Propagation) -> Tensor:
+    """The ``(out, in)`` weight of ``x @ matrix``: the parameter itself when ``matrix`` is its
+    transpose (so rules cache it, and ``LRPRules(modules=...)`` finds it), else a transposed view."""
+    base = matrix._base
+    if isinstance(base, torch.nn.Parameter) and base.dim() == 2 and matrix.shape == base.shape[::-1] and \
+            matrix.stride() == base.stride()[::-1] and matrix.storage_offset() == base.storage_offset():
+        return base
+    return propagation.transposed(matrix)
 
 
 def _refuse_or_run(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
@@ -439,8 +499,10 @@ class _LRPMode(TorchFunctionMode):
         kwargs = kwargs or {}
         propagation = self.propagation
         handler = OPERATIONS.get(func)
-        if handler is _moves or propagation.suspended or not propagation.started:
+        if propagation.suspended or not propagation.started:
             return func(*args, **kwargs)
+        if handler is _moves:
+            return _moves(propagation, func, args, kwargs)
         if _in_place(func) and any(_carries(v) for v in _flat(args, kwargs)):
             raise NotImplementedError(
                 f"`{_name(func)}` changes a relevance-carrying tensor in place, which the LRP engine cannot "
@@ -503,8 +565,9 @@ def _no_rule(func: Any, what: str) -> str:
 
 
 def activation_modules(roots: Sequence[Module]) -> list[Module]:
-    """The activation modules under ``roots``: torch's (``nn.GELU``, ``nn.ReLU``, ...) and
-    those of ``transformers.activations`` (e.g. GPT-2's tanh-GELU, written as several ops).
+    """The activation modules under ``roots``: torch's (``nn.GELU``, ``nn.ReLU``, ...), those of
+    ``transformers.activations`` (e.g. GPT-2's tanh-GELU, written as several ops), and a model's own
+    classes named as activations (BLOOM's ``BloomGelu``).
 
     Example::
 
@@ -515,9 +578,11 @@ def activation_modules(roots: Sequence[Module]) -> list[Module]:
     for root in roots:
         for module in root.modules():
             kind = type(module)
-            if kind.__module__ in ("torch.nn.modules.activation", "transformers.activations") and not isinstance(
-                module, (torch.nn.MultiheadAttention, torch.nn.Softmax2d)
-            ):
+            known = kind.__module__ in ("torch.nn.modules.activation", "transformers.activations")
+            # a model's own activation class (BLOOM's ``BloomGelu``)
+            named = kind.__module__.startswith("transformers.models.") and re.search(
+                r"(gelu|silu|swish|relu|activation)$", kind.__name__.lower()) is not None
+            if (known or named) and not isinstance(module, (torch.nn.MultiheadAttention, torch.nn.Softmax2d)):
                 found.append(module)
     return found
 
