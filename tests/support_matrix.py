@@ -39,7 +39,7 @@ TABLE = ROOT / "docs" / "support.md"
 SIZES = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
     vocab_size=100, max_position_embeddings=64, head_dim=8, num_labels=2, pad_token_id=0, bos_token_id=1,
-    eos_token_id=2, num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+    eos_token_id=2, image_size=32, patch_size=8, num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
     shared_expert_intermediate_size=32, embedding_size=32, pooler_hidden_size=32,
 )
 
@@ -53,7 +53,7 @@ class Family:
 
     name: str
     model_type: str
-    head: str = "classification"  # or "causal-lm"
+    head: str = "classification"  # or "causal-lm", "image-classification"
     settings: dict = field(default_factory=dict)
     dtype: torch.dtype = torch.float64
     attn_implementation: str | None = None
@@ -93,6 +93,13 @@ FAMILIES = [
     Family("Llama (causal LM)", "llama", head="causal-lm"), Family("GPT-2 (causal LM)", "gpt2", head="causal-lm"),
     Family("Gemma-2 (causal LM)", "gemma2", head="causal-lm",
            settings=dict(attn_logit_softcapping=0.5, final_logit_softcapping=0.5), sharpen=30),
+    # vision transformers (images of 32 x 32 pixels in 8 x 8 patches)
+    Family("ViT", "vit", head="image-classification"), Family("DeiT", "deit", head="image-classification"),
+    Family("BEiT", "beit", head="image-classification"), Family("DINOv2", "dinov2", head="image-classification"),
+    Family("DINOv2 (registers)", "dinov2_with_registers", head="image-classification"),
+    Family("ViT-MSN", "vit_msn", head="image-classification"),
+    Family("Swin", "swin", head="image-classification", attn_implementation="eager",
+           settings=dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2)),
     # encoder-decoder models
     Family("BART", "bart", end_token=2), Family("T5", "t5", end_token=2, settings=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                         decoder_start_token_id=0)),
@@ -115,12 +122,17 @@ def tiny_model(family: Family) -> torch.nn.Module:
                 setattr(config, name, value)
             except AttributeError:  # a derived property (Falcon's head_dim)
                 pass
+    if getattr(config, "architectures", []) is None:  # (DeiT's default config) what from_config reads
+        config.architectures = []
     if getattr(config, "layer_types", None):
         config.layer_types = list(config.layer_types[: config.num_hidden_layers])
     if family.attn_implementation is not None:
         config._attn_implementation = family.attn_implementation
     torch.manual_seed(0)
-    auto = AutoModelForCausalLM if family.head == "causal-lm" else AutoModelForSequenceClassification
+    if family.head == "image-classification":
+        from transformers import AutoModelForImageClassification as auto
+    else:
+        auto = AutoModelForCausalLM if family.head == "causal-lm" else AutoModelForSequenceClassification
     model = auto.from_config(config).to(family.dtype).eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -152,7 +164,8 @@ def _targets(family: Family) -> list:
 def _head_mask(explainer: Any) -> torch.Tensor:
     config = explainer.adapter.config
     heads = next(getattr(config, n) for n in ("num_attention_heads", "n_head", "n_heads", "num_heads")
-                 if isinstance(getattr(config, n, None), int))
+                 if isinstance(getattr(config, n, None), (int, list)))
+    heads = heads[0] if isinstance(heads, list) else heads  # Swin: heads per stage
     blocks = len(explainer.adapter.blocks)
     return (torch.arange(blocks)[:, None] + torch.arange(heads)[None]) % 2 == 0
 
@@ -177,6 +190,8 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
     from captum_attcat import METHODS
 
     model = tiny_model(family) if model is None else model
+    if family.head == "image-classification":
+        return _image_cell(family, method, model)
     ids, mask = padded_inputs(model.config.pad_token_id or 0, family.end_token)
     targets = _targets(family)
     with torch.no_grad():
@@ -212,7 +227,7 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
     except Exception as error:  # the cell's reason: the exception's first line
         if _state(model) != before:
             raise SilentlyWrong(f"{family.name} x {method}: the model was left changed after {error!r}") from error
-        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        return f"{type(error).__name__}: {(str(error).splitlines() or [repr(error)])[0]}"
     if _state(model) != before:
         raise SilentlyWrong(f"{family.name} x {method}: the model was left changed")
     scale = float(own_logits.abs().max())
@@ -230,6 +245,49 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
         # padding scores 0, unless the model itself reads it (then gradient x input rightly scores it)
         if drift <= PADDING_DRIFT and batch[r, n:].count_nonzero():
             raise SilentlyWrong(f"{family.name} x {method}: padding scored")
+    return "ok"
+
+
+def _explainer(method: str, model: torch.nn.Module) -> Any:
+    from captum_attcat import METHODS
+
+    cls = METHODS[method]
+    return cls(model, head_mask=_head_mask(cls(model))) if method == "MaskLRP" else cls(model)
+
+
+def _image_cell(family: Family, method: str, model: torch.nn.Module) -> str:
+    """A cell of a vision model: two images, each explained alone too (no padding)."""
+    images = torch.randn(2, 3, 32, 32, dtype=family.dtype, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own_logits = model(pixel_values=images).logits
+    before = _state(model)
+    try:
+        explainer = _explainer(method, model)
+        seen: list[torch.Tensor] = []
+        call = explainer.adapter.call
+
+        def recording(*args: Any) -> Any:
+            output = call(*args)
+            seen.append(output.logits.detach())
+            return output
+
+        explainer.adapter.call = recording
+        batch = explainer.attribute(images, target=[0, 1])
+        seen_batch = list(seen)
+        singles = [explainer.attribute(images[r:r + 1], target=r)[0] for r in range(2)]
+    except Exception as error:
+        if _state(model) != before:
+            raise SilentlyWrong(f"{family.name} x {method}: the model was left changed after {error!r}") from error
+        return f"{type(error).__name__}: {(str(error).splitlines() or [repr(error)])[0]}"
+    if _state(model) != before:
+        raise SilentlyWrong(f"{family.name} x {method}: the model was left changed")
+    for logits in seen_batch:
+        if float((logits - own_logits).abs().max()) > 1e-6 * max(float(own_logits.abs().max()), 1.0):
+            raise SilentlyWrong(f"{family.name} x {method}: the explained forward is not the model's own")
+    for r, single in enumerate(singles):
+        error = float((batch[r] - single).abs().max() / single.abs().max().clamp(min=1e-30))
+        if batch.shape[1] != single.shape[0] or error > 1e-6 or not torch.isfinite(batch[r]).all():
+            raise SilentlyWrong(f"{family.name} x {method}: image {r} differs from alone by {error:.2e}")
     return "ok"
 
 

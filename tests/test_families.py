@@ -206,3 +206,40 @@ def test_the_head_mask_applies_where_the_model_multiplies_a_reshaped_copy(name):
     torch.testing.assert_close(received[0][1], received[1][1])  # the last block receives the same ...
     change = (received[0][0] - received[1][0]).abs().max() / received[0][0].abs().max()
     assert change > 1e-5  # ... and passes less down through its masked heads (0 if the mask were ignored)
+
+
+def test_a_vision_transformer_is_explained_per_patch():
+    """ViT reads pixel values; every method scores [CLS] + patches, laid out as the image's grid."""
+    from captum_attcat import METHODS
+    from captum_attcat.vision import overlay_patch_map, patch_map
+
+    model = tiny_model(family("ViT"))
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    for name, cls in sorted(METHODS.items()):
+        scores = cls(model).attribute(images, target=[0, 1])
+        assert scores.shape == (2, 1 + 16), name
+    grid = patch_map(scores, model)
+    assert grid.shape == (2, 4, 4) and torch.equal(grid[1, 1], scores[1, 5:9])
+    conserved = TransformerLRP(model).attribute(images, target=[0, 1]).sum(1)
+    torch.testing.assert_close(conserved, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-4)
+    ax = overlay_patch_map(images[0], grid[0])
+    assert len(ax.images) == 2
+
+
+def test_vision_inputs_are_checked():
+    model = tiny_model(family("ViT"))
+    with pytest.raises(ValueError, match="must be floating pixel values"):
+        AttCAT(model).attribute(torch.randint(0, 5, (1, 8)), target=0)
+    with pytest.raises(ValueError, match="have 1 channels but the model reads 3"):
+        AttCAT(model).attribute(torch.randn(1, 1, 32, 32, dtype=torch.float64), target=0)
+    with pytest.raises(TypeError, match="are torch.float32 but the model is torch.float64"):
+        AttCAT(model).attribute(torch.randn(1, 3, 32, 32), target=0)
+    from captum_attcat.vision import patch_map
+
+    with pytest.raises(ValueError, match="cannot hold a 4 x 4 grid"):
+        patch_map(torch.zeros(1, 10), model)
+
+
+def test_swin_is_refused_since_its_blocks_see_different_tokens():
+    with pytest.raises(ValueError, match="attends within windows or changes the sequence between blocks"):
+        AttCAT(tiny_model(family("Swin"))).attribute(torch.randn(1, 3, 32, 32, dtype=torch.float64), target=0)

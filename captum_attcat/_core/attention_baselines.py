@@ -52,7 +52,7 @@ _QUERY_MASK = """
 
 
 def _mask(run: GradientPass) -> Tensor:
-    return token_mask_of(run.attention_mask, run.inputs)
+    return token_mask_of(run.attention_mask, run.inputs, run.tokens)
 
 
 class _AttentionOnly(TransformerAttribution):

@@ -34,6 +34,7 @@ from .._utils.state import explanation_mode
 from .._utils.validation import (
     attention_mask_of,
     check_gradients_possible,
+    check_pixel_values,
     check_target,
     check_token_inputs,
     check_token_mask,
@@ -55,6 +56,7 @@ class GradientPass:
         state_grads: gradients of the summed explained scores w.r.t. ``states``.
         attentions: attention probabilities ``(batch, heads, queries, keys)`` (detached).
         attention_grads: gradients w.r.t. ``attentions``, if asked for.
+        tokens: the length of the blocks' sequence (the inputs' for text; [CLS] + patches for images).
     """
 
     inputs: Tensor
@@ -64,6 +66,29 @@ class GradientPass:
     state_grads: list[Tensor] = field(default_factory=list)
     attentions: list[Tensor] = field(default_factory=list)
     attention_grads: list[Tensor] = field(default_factory=list)
+    tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            self.tokens = self.inputs.shape[1]
+
+
+def check_aligned(states: Sequence[Tensor], attentions: Sequence[Tensor], batch: int) -> None:
+    """Every block sees the same ``(batch, seq)`` tokens, and its attention is ``(batch, heads, seq,
+    seq)`` over them; raises otherwise (Swin's windows and merged patches), since token scores of
+    different blocks would not line up."""
+    tokens = states[0].shape[1] if states else (attentions[0].shape[-1] if attentions else None)
+    for kind, tensors, shape in (("hidden states", states, lambda t: (t.shape[0], t.shape[1])),
+                                 ("attention", attentions, lambda t: (t.shape[0], t.shape[-2], t.shape[-1]))):
+        for block, tensor in enumerate(tensors):
+            expected = (batch, tokens) if kind == "hidden states" else (batch, tokens, tokens)
+            if tensor.dim() != (3 if kind == "hidden states" else 4) or shape(tensor) != expected:
+                raise ValueError(
+                    f"block {block}'s {kind} have shape {tuple(tensor.shape)}, but the blocks' sequence is "
+                    f"(batch, seq) = ({batch}, {tokens}): the model attends within windows or changes the "
+                    "sequence between blocks (as Swin merges patches), so token scores of different blocks "
+                    "do not line up; these methods explain models whose blocks all see the same tokens"
+                )
 
 
 def check_query_mask(query_mask: Tensor | None, inputs: Any) -> None:
@@ -85,10 +110,11 @@ def query_rows(run: GradientPass, query_mask: Tensor | None = None) -> Tensor:
 
         >>> query_rows(run, torch.ones_like(input_ids))  # every row, even masked [CLS]/[SEP]  # doctest: +SKIP
     """
-    if query_mask is None:
+    if query_mask is None:  # the attention mask was checked, a row without real tokens refused
         query_mask = run.attention_mask
         if query_mask is None:
-            query_mask = torch.ones(run.inputs.shape[:2], device=run.inputs.device)
+            query_mask = torch.ones(run.inputs.shape[0], run.tokens, device=run.inputs.device)
+    else:
         check_query_mask(query_mask, run.inputs)
     return query_mask.to(run.inputs.device, torch.float32)
 
@@ -168,9 +194,14 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
     def _prepare(self, inputs: Any, additional_forward_args: Any) -> tuple[Tensor, tuple, Tensor | None]:
         check_gradients_possible()
         table = self.adapter.input_embeddings
-        inputs = check_token_inputs(inputs, self.adapter.vocab_size, self.adapter.max_length,
-                                    hidden_size=None if table is None else table.shape[1],
-                                    dtype=None if table is None else table.dtype)
+        if self.adapter.reads_pixels:
+            parameter = next(iter(self.adapter.root.parameters()), None)  # type: ignore[union-attr]
+            inputs = check_pixel_values(inputs, getattr(self.adapter.config, "num_channels", None),
+                                        None if parameter is None else parameter.dtype)
+        else:
+            inputs = check_token_inputs(inputs, self.adapter.vocab_size, self.adapter.max_length,
+                                        hidden_size=None if table is None else table.shape[1],
+                                        dtype=None if table is None else table.dtype)
         args = _format_additional_forward_args(additional_forward_args) or ()
         return inputs, args, attention_mask_of(inputs, args)
 
@@ -185,10 +216,11 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         ``scores`` empty); ``target`` is optional and only checked when given."""
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         output, attentions = attention_maps(self.adapter, inputs, *args)
+        check_aligned([], attentions, inputs.shape[0])
         if target is not None:
             check_target(target, logits_of(output))
         return GradientPass(inputs, attention_mask, scores=inputs.new_empty(0, dtype=torch.float32),
-                            attentions=attentions)
+                            attentions=attentions, tokens=attentions[0].shape[-1])
 
     def _gradient_pass(
         self,
@@ -224,6 +256,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                         handles = recorder.hook_outputs(adapter.hooked_attention)
                     with states:
                         output = adapter.forward(inputs, *args)
+                    check_aligned(states.captured(), recorder.captured() if attention else [], inputs.shape[0])
                     scores = explained_scores(output, target)
                     wrt = states.captured() if block_inputs is not None else []
                     if attention_grads:
@@ -243,5 +276,6 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
             state_grads=grads[:n_states],
             attentions=[a.detach() for a in recorder.captured()] if attention else [],
             attention_grads=grads[n_states:],
+            tokens=states.tensors[0].shape[1],  # type: ignore[union-attr]
         )
 

@@ -35,7 +35,7 @@ from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
 from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules
 from ..lrp.rules import LRPRules
-from .base import TransformerAttribution, explained_scores
+from .base import TransformerAttribution, check_aligned, explained_scores
 from .maps import positive_head_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
@@ -141,6 +141,8 @@ class LRPAttribution(TransformerAttribution):
                     whole = activation_modules(adapter.roots) + normalization_modules(adapter.roots)
                     with states, lrp_forward(propagation, whole, start=adapter.blocks[0]):
                         output = adapter.forward(inputs, *args)
+                    check_aligned(states.captured(), recorder.captured() if adapter.attention_modules else [],
+                                  inputs.shape[0])
                     scores = explained_scores(output, target)
                     attentions = [recorder.captured()[b] for b in blocks]
                     grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
@@ -160,7 +162,7 @@ class LRPAttribution(TransformerAttribution):
                     module._backward_hooks, module._backward_pre_hooks = backward, backward_pre
         return RelevancePass(
             inputs=inputs,
-            token_mask=token_mask_of(attention_mask, inputs),
+            token_mask=token_mask_of(attention_mask, inputs, states.tensors[0].shape[1]),  # type: ignore[union-attr]
             scores=scores.detach(),
             blocks=blocks,
             attentions=[a.detach() for a in attentions],

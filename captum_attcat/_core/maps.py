@@ -80,8 +80,9 @@ def cls_row(matrix: Tensor, token_mask: Tensor, keep_cls: bool = False, causal: 
     return row
 
 
-def token_mask_of(attention_mask: Tensor | None, inputs: Tensor) -> Tensor:
-    """The attention mask as float ``(batch, seq)``, all ones when none was given."""
+def token_mask_of(attention_mask: Tensor | None, inputs: Tensor, tokens: int | None = None) -> Tensor:
+    """The attention mask as float ``(batch, seq)``, all ones when none was given (``tokens`` long:
+    the blocks' sequence when the inputs are not tokens, e.g. an image's [CLS] + patches)."""
     if attention_mask is None:
-        return torch.ones(inputs.shape[:2], device=inputs.device)
+        return torch.ones(inputs.shape[0], tokens or inputs.shape[1], device=inputs.device)
     return attention_mask.to(inputs.device, torch.float32)

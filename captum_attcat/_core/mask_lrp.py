@@ -124,7 +124,7 @@ class MaskLRP(LRPAttribution):
                 f"(expected shape ({blocks}, heads))"
             )
         heads = getattr(self.adapter.config, "num_attention_heads", None)
-        if head_mask is not None and heads is not None and head_mask.shape[1] != heads:
+        if head_mask is not None and isinstance(heads, int) and head_mask.shape[1] != heads:
             raise ValueError(
                 f"the head mask has {head_mask.shape[1]} heads per block but the model has {heads} "
                 f"(expected shape ({blocks}, {heads}))"

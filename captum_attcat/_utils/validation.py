@@ -74,6 +74,30 @@ def check_token_inputs(inputs: Any, vocab_size: int | None = None, max_length: i
     return inputs
 
 
+def check_pixel_values(inputs: Any, channels: int | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate an image batch ``(batch, channels, height, width)`` for a vision model (``channels``
+    and ``dtype`` the model's, when known)."""
+    if isinstance(inputs, tuple) and len(inputs) == 1:
+        inputs = inputs[0]
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"`inputs` must be a tensor of pixel values, got {type(inputs).__name__}")
+    if inputs.is_inference():
+        inputs = inputs.clone()
+    if not inputs.is_floating_point() or inputs.dim() != 4:
+        raise ValueError(f"the model reads images: `inputs` must be floating pixel values (batch, channels, height, "
+                         f"width); got {inputs.dtype} of shape {tuple(inputs.shape)}")
+    if channels is not None and inputs.shape[1] != channels:
+        raise ValueError(f"`inputs` have {inputs.shape[1]} channels but the model reads {channels}")
+    if dtype is not None and inputs.dtype != dtype:
+        raise TypeError(f"`inputs` (pixel values) are {inputs.dtype} but the model is {dtype}: cast them with "
+                        f".to({dtype})")
+    if inputs.shape[0] == 0:
+        raise ValueError("`inputs` is an empty batch")
+    if not torch.isfinite(inputs).all():
+        raise ValueError("`inputs` (pixel values) contain NaN or inf values")
+    return inputs
+
+
 def check_token_mask(mask: Any, inputs: Tensor, name: str) -> Tensor:
     """A ``(batch, seq)`` 0/1 mask matching ``inputs``; returned as float."""
     if not isinstance(mask, Tensor):

@@ -469,6 +469,23 @@ def _product_plus_constant(propagation: Propagation, func: Any, args: tuple, kwa
     return product + beta * values["input"]  # plain autograd here: a constant passes relevance on
 
 
+@register_operation(torch.mean, Tensor.mean)
+def _average(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """A mean over one dimension of a relevance-carrying tensor (BEiT's and DINOv2's mean over
+    patch tokens): a linear layer whose weights are all ``1 / n``, so the linear rule applies."""
+    x = args[0]
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    extra = set(kwargs) - {"dim", "keepdim"}
+    if not _carries(x) or isinstance(dim, (list, tuple)) and len(dim) != 1 or dim is None or extra or len(args) > 3:
+        return _refuse_or_run(propagation, func, args, kwargs)
+    dim = (dim[0] if isinstance(dim, (list, tuple)) else dim) % x.dim()
+    moved = x.movedim(dim, -1)
+    weight = torch.full((1, x.shape[dim]), 1.0 / x.shape[dim], dtype=x.dtype, device=x.device)
+    averaged = _Linear.apply(moved, weight, None, propagation.rules.linear, propagation).squeeze(-1)
+    return averaged.unsqueeze(dim) if keepdim else averaged
+
+
 def _weight_of(matrix: Tensor, propagation: Propagation) -> Tensor:
     """The ``(out, in)`` weight of ``x @ matrix``: the parameter itself when ``matrix`` is its
     transpose (so rules cache it, and ``LRPRules(modules=...)`` finds it), else a transposed view."""

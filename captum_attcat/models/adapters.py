@@ -196,13 +196,14 @@ def hf_call(model: Module, output_attentions: bool = False) -> Callable[..., Any
     them only then).
 
     Floating ``inputs`` are passed as ``inputs_embeds``, token ids as
-    ``input_ids``. The additional arguments are, in order, the attention mask and
+    ``input_ids``, and images as ``pixel_values`` to a vision model. The additional arguments are, in order, the attention mask and
     the parameters that follow ``attention_mask`` in the model's ``forward``
     (``token_type_ids``, ``position_ids``, ... for BERT), passed by name, so the
     convention holds for models whose second parameter is not the mask (GPT-2).
     """
     parameters = list(inspect.signature(model.forward).parameters)
     names = parameters[parameters.index("attention_mask"):] if "attention_mask" in parameters else []
+    reads_pixels = getattr(model, "main_input_name", None) == "pixel_values"
 
     def call(inputs: Tensor, *args: Any) -> Any:
         if len(args) > len(names):
@@ -214,6 +215,8 @@ def hf_call(model: Module, output_attentions: bool = False) -> Callable[..., Any
         _check_token_types(kwargs.get("token_type_ids"), inputs, model.config)
         if output_attentions:
             kwargs["output_attentions"] = True
+        if reads_pixels:
+            return model(pixel_values=inputs, **kwargs)
         if inputs.is_floating_point():
             return model(inputs_embeds=inputs, **kwargs)
         return model(input_ids=inputs, **kwargs)
@@ -358,6 +361,12 @@ class TransformerAdapter:
         table = get() if callable(get) else None
         weight = getattr(table, "weight", None)
         return weight if isinstance(weight, Tensor) else None
+
+    @property
+    def reads_pixels(self) -> bool:
+        """Whether the model reads images (``pixel_values``): its sequence is then [CLS] (and any other
+        special tokens) + patches, scored per patch."""
+        return getattr(self.root, "main_input_name", None) == "pixel_values"
 
     @property
     def vocab_size(self) -> int | None:
