@@ -20,9 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from captum._utils.typing import TargetType
@@ -33,7 +34,7 @@ from torch.nn import Module
 from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules
+from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules, routing_modules
 from ..lrp.rules import LRPRules
 from .base import TransformerAttribution, check_aligned, explained_scores
 from .maps import positive_head_mean, rollout, token_mask_of, wide
@@ -65,6 +66,22 @@ class RelevancePass:
     attention_relevance: list[Tensor] = field(default_factory=list)
     input_relevance: Tensor | None = None
     recorder: AttentionRecorder | None = None
+
+
+@contextlib.contextmanager
+def eager_experts(roots: Sequence[Module]) -> Iterator[None]:
+    """Mixture-of-experts layers computed by transformers' eager loop over experts (linear layers the
+    engine has rules for) rather than a fused kernel such as ``grouped_mm``, then switched back."""
+    configs = {id(m.config): m.config for root in roots for m in root.modules()
+               if getattr(getattr(m, "config", None), "_experts_implementation", None) not in (None, "eager")}
+    saved = [(config, config._experts_implementation) for config in configs.values()]
+    try:
+        for config, _ in saved:
+            config._experts_implementation = "eager"
+        yield
+    finally:
+        for config, value in saved:
+            config._experts_implementation = value
 
 
 class LRPAttribution(TransformerAttribution):
@@ -139,7 +156,8 @@ class LRPAttribution(TransformerAttribution):
                             module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
                     handles = recorder.hook_outputs(adapter.hooked_attention)
                     whole = activation_modules(adapter.roots) + normalization_modules(adapter.roots)
-                    with states, lrp_forward(propagation, whole, start=adapter.blocks[0]):
+                    with states, lrp_forward(propagation, whole, start=adapter.blocks[0],
+                                             routers=routing_modules(adapter.roots)), eager_experts(adapter.roots):
                         output = adapter.forward(inputs, *args)
                     check_aligned(states.captured(), recorder.captured() if adapter.attention_modules else [],
                                   inputs.shape[0])

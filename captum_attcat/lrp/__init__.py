@@ -7,7 +7,16 @@ Example::
     >>> TransAtt(model, rules=LRPRules(linear=EpsilonRule(1e-6))).attribute(input_ids, target=1)
 """
 
-from .engine import OPERATIONS, Propagation, activation_modules, elementwise, lrp_forward, normalization_modules, register_operation
+from .engine import (
+    OPERATIONS,
+    Propagation,
+    activation_modules,
+    elementwise,
+    lrp_forward,
+    normalization_modules,
+    register_operation,
+    routing_modules,
+)
 from .rules import (
     AddRule,
     AlphaBetaRule,
@@ -40,6 +49,7 @@ __all__ = [
     "lrp_forward",
     "normalization_modules",
     "register_operation",
+    "routing_modules",
     "SplitAlphaBetaRule",
     "ZAddRule",
     "safe_divide",

@@ -62,35 +62,46 @@ class Propagation:
         #: rules for the products whose left operand is a given tensor (by identity),
         #: e.g. the ``A V`` product of one block's attention
         self.product_rules: dict[int, Any] = {}
+        #: id -> weak reference of the routing weights of mixture-of-experts layers (see :func:`routing_modules`)
+        self.routing: dict[int, Any] = {}
         #: id of a tensor made by moving values -> weak references to it and to the tensor it came from
         self.made_from: dict[int, tuple[Any, int]] = {}
         #: > 0 while an operation handled as a whole (an activation module) runs its own code
         self.suspended = 0
         #: whether the explained input has entered (operations before it are constants)
         self.started = True
-        self._transposed: dict[int, Tensor] = {}
+        self._transposed: dict[int, tuple[Any, Tensor]] = {}
 
     def transposed(self, weight: Tensor) -> Tensor:
-        """``weight.t()``, the same view object for the whole pass (rules cache per weight)."""
-        view = self._transposed.get(id(weight))
-        if view is None:
-            view = self._transposed[id(weight)] = weight.t()
-        return view
+        """``weight.t()``, the same view object for the whole pass while ``weight`` lives (rules cache
+        per weight; the id of a freed weight, such as one expert's slice, may name another later)."""
+        entry = self._transposed.get(id(weight))
+        if entry is None or entry[0]() is not weight:
+            entry = self._transposed[id(weight)] = (weakref.ref(weight), weight.t())
+        return entry[1]
+
+    def _origins(self, tensor: Tensor | None) -> Iterator[Tensor]:
+        """``tensor``, then the tensors it was reshaped or indexed from (a few steps back)."""
+        for _ in range(8):
+            if tensor is None:
+                return
+            yield tensor
+            entry = self.made_from.get(id(tensor))
+            if entry is None or entry[0]() is not tensor:  # (an id reused by another tensor is no link)
+                return
+            tensor = entry[1]()
+
+    def is_routing(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` holds (a reshaped or indexed copy of) mixture-of-experts routing weights."""
+        return any((ref := self.routing.get(id(t))) is not None and ref() is t for t in self._origins(tensor))
 
     def product_rule(self, left: Tensor) -> Any:
         """The rule of a product whose left operand is ``left``: one given to it, or to the tensor
         it was reshaped from (a few steps back), else the default product rule."""
-        tensor: Tensor | None = left
-        for _ in range(8):
-            if tensor is None:
-                break
+        for tensor in self._origins(left):
             rule = self.product_rules.get(id(tensor))
             if rule is not None:
                 return rule
-            entry = self.made_from.get(id(tensor))
-            if entry is None or entry[0]() is not tensor:  # (an id reused by another tensor is no link)
-                break
-            tensor = entry[1]()
         return self.rules.product
 
     def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
@@ -362,17 +373,21 @@ def _addmm_layer(propagation: Propagation, func: Any, args: tuple, kwargs: dict)
 @register_operation(
     F.layer_norm, torch.layer_norm, F.rms_norm, F.gelu, F.relu, torch.relu, Tensor.relu, F.silu, torch.tanh,
     Tensor.tanh, F.tanh, torch.softmax, Tensor.softmax, F.softmax, F.dropout,
-    torch.neg, Tensor.neg, Tensor.__neg__, torch.erf, Tensor.erf,
+    torch.neg, Tensor.neg, Tensor.__neg__, torch.erf, Tensor.erf, torch.sigmoid, Tensor.sigmoid, F.sigmoid,
+    torch.clamp, Tensor.clamp, torch.clip, Tensor.clip,
 )
 def _one_tensor(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     """An operation of one relevance-carrying tensor (normalisation, activation, softmax, dropout,
-    negation as in rotary embeddings' ``rotate_half``, ``erf`` in a GELU written out): the elementwise
+    negation as in rotary embeddings' ``rotate_half``, ``erf`` in a GELU written out, ``sigmoid``,
+    ``clamp`` with constant bounds as gpt-oss's experts clip): the elementwise
     rule. A GELU written as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` thus hands each entry of ``x`` the
     relevance of its output (half through each factor), as the GELU module would."""
     if func is F.dropout and not (args[2] if len(args) > 2 else kwargs.get("training", True)):
         return func(*args, **kwargs)  # identity in eval mode: nothing to intercept
     if args and _carries(args[0]):
         rest = args[1:]
+        if any(_carries(v) for v in _flat(rest, kwargs)):  # e.g. clamp to a relevance-carrying bound
+            raise NotImplementedError(_no_rule(func, "relevance-carrying arguments besides its input"))
         return elementwise(args[0], lambda x: func(x, *rest, **kwargs), propagation)
     return _refuse_or_run(propagation, func, args, kwargs)
 
@@ -422,6 +437,13 @@ def _scaling(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> 
     code, and AttnLRP's uniform rule)."""
     a, b = _operands(args, kwargs)
     carry_a, carry_b = _carries(a), _carries(b)
+    if carry_a and carry_b and func not in _DIVISIONS and kwargs.get("out") is None:
+        # an expert's output times its routing weight: the weight is a constant for relevance (the
+        # router hands no relevance on), and its gradient is kept
+        if propagation.is_routing(b):
+            return elementwise(a, lambda t: func(t, b), propagation)
+        if propagation.is_routing(a):
+            return elementwise(b, lambda t: func(a, t), propagation)
     if carry_a and carry_b:
         if func in _DIVISIONS or kwargs.get("out") is not None:
             raise NotImplementedError(_no_rule(func, "two relevance-carrying operands"))
@@ -520,6 +542,8 @@ class _LRPMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if handler is _moves:
             return _moves(propagation, func, args, kwargs)
+        if func in _ACCUMULATING:
+            return _accumulate(propagation, func, args, kwargs)
         if _in_place(func) and any(_carries(v) for v in _flat(args, kwargs)):
             raise NotImplementedError(
                 f"`{_name(func)}` changes a relevance-carrying tensor in place, which the LRP engine cannot "
@@ -546,6 +570,28 @@ def _addmm(propagation: Propagation, input: Any, mat1: Tensor, mat2: Any, *, bet
     rule = propagation.rules.linear_rule_for(mat2)
     return _Linear.apply(mat1, propagation.transposed(mat2), input, rule, propagation)
 
+
+#: adding rows into a tensor (mixture-of-experts layers gather their experts' outputs so)
+_ACCUMULATING = {Tensor.index_add_, Tensor.index_add, torch.index_add}
+
+
+def _accumulate(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``target.index_add_(dim, index, source)``: the rows of ``source`` moved to ``index`` (each row
+    at most once), then added to ``target`` by the add rule when both carry relevance (a token's
+    second expert added to its first); in place, ``target`` takes the sum's history."""
+    names = ("input", "dim", "index", "source")
+    values = {**dict(zip(names, args)), **kwargs}
+    target, dim, index, source = (values.get(n) for n in names)
+    if set(values) - set(names) - {"alpha"} or values.get("alpha", 1) != 1 or not _carries(source):
+        return _refuse_or_run(propagation, func, args, kwargs) if func is not Tensor.index_add_ else \
+            func(*args, **kwargs)
+    if torch.unique(index).numel() != index.numel():
+        raise NotImplementedError(_no_rule(func, "an index naming a row twice"))
+    scattered = torch.zeros_like(target, dtype=source.dtype).index_add(dim, index, source)
+    total = _Add.apply(target.clone(), scattered, propagation) if _carries(target) else scattered + target
+    if func is Tensor.index_add_:
+        return target.copy_(total)  # ``target``'s history becomes the sum's
+    return total
 
 _IN_PLACE_OPERATORS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imatmul__"}
 
@@ -621,9 +667,36 @@ def normalization_modules(roots: Sequence[Module]) -> list[Module]:
     ]
 
 
+def routing_modules(roots: Sequence[Module]) -> list[Module]:
+    """The routers of mixture-of-experts layers under ``roots`` (classes named ``...Router``, e.g.
+    Mixtral's ``MixtralTopKRouter``). During an LRP pass a router runs as the model wrote it (top-k,
+    softmax, sums: no rule needed) and its output weights are constants for relevance: an expert's
+    output times its weight hands all its relevance to the expert, none to the router; gradients
+    still flow through the weights.
+
+    Example::
+
+        >>> [type(m).__name__ for m in routing_modules([mixtral])][:1]  # doctest: +SKIP
+        ['MixtralTopKRouter']
+    """
+    return [module for root in roots for module in root.modules() if type(module).__name__.endswith("Router")]
+
+
+def _as_router(forward: Callable[..., Any], propagation: Propagation) -> Callable[..., Any]:
+    def route(*args: Any, **kwargs: Any) -> Any:
+        with _suspended(propagation):
+            output = forward(*args, **kwargs)
+        for value in _flat((output,), {}):
+            if isinstance(value, Tensor) and value.is_floating_point() and value.requires_grad:
+                propagation.routing[id(value)] = weakref.ref(value)
+        return output
+
+    return route
+
+
 @contextlib.contextmanager
-def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), start: Module | None = None
-                ) -> Iterator[Propagation]:
+def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), start: Module | None = None,
+                routers: Sequence[Module] = ()) -> Iterator[Propagation]:
     """Run a forward pass whose graph can be walked back for gradients or relevance.
 
     Tensors carrying relevance are those computed in the pass from the explained input,
@@ -631,7 +704,7 @@ def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), st
     looks at operations only from that module's call on: what comes before (embeddings,
     position tables) is a constant of the pass, whatever it requires. Each module of
     ``activations`` (see :func:`activation_modules`) is one elementwise operation, whatever
-    operations its code uses.
+    operations its code uses; each of ``routers`` (see :func:`routing_modules`) gives routing weights.
     """
     replaced: list[tuple[Module, Any]] = []
     handle = None
@@ -646,6 +719,9 @@ def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), st
         for module in activations:
             replaced.append((module, module.__dict__.get("forward")))
             module.forward = _as_elementwise(module.forward, propagation, getattr(module, "inplace", False) is True)
+        for module in routers:
+            replaced.append((module, module.__dict__.get("forward")))
+            module.forward = _as_router(module.forward, propagation)
         with _LRPMode(propagation):
             yield propagation
     finally:
