@@ -33,11 +33,11 @@ def test_elementwise_product_rule_gives_each_factor_half():
 
 
 @pytest.mark.parametrize("name", ["Llama", "Gemma-2", "Qwen2", "GPT-NeoX", "Phi-3", "GPT-J", "ALBERT", "Falcon",
-                                  "Mixtral", "Qwen2-MoE", "gpt-oss", "BLOOM"])
+                                  "Mixtral", "Qwen2-MoE", "gpt-oss", "BLOOM", "BigBird", "ESM"])
 def test_relevance_is_conserved_through_every_family_rule(name):
     """RMSNorm, rotary embeddings, gated MLPs, soft-capping, a shared layer, linear layers written as
-    ``x @ W.T``, mixture-of-experts routing, ALiBi: TransformerLRP's scores still sum to the 1.0
-    started at the logit."""
+    ``x @ W.T``, mixture-of-experts routing, GELUs written with erf or made during the forward:
+    TransformerLRP's scores still sum to the 1.0 started at the logit."""
     model = tiny_model(family(name))
     ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(0))
     if name in ("Falcon", "BLOOM"):  # their in-place scaling of attention scores has no rule
@@ -264,3 +264,16 @@ def test_vision_inputs_are_checked():
 def test_swin_is_refused_since_its_blocks_see_different_tokens():
     with pytest.raises(ValueError, match="attends within windows or changes the sequence between blocks"):
         AttCAT(tiny_model(family("Swin"))).attribute(torch.randn(1, 3, 32, 32, dtype=torch.float64), target=0)
+
+
+def test_activations_made_during_the_forward_are_one_operation_and_leave_no_global_hook():
+    """BigBird's head makes its GELU module during the forward (``ACT2FN[name](x)``): it still
+    passes relevance unchanged, and the global module hooks that catch it are gone afterwards."""
+    import torch.nn.modules.module as module_hooks
+
+    before = (len(module_hooks._global_forward_hooks), len(module_hooks._global_forward_pre_hooks))
+    model = tiny_model(family("BigBird"))
+    ids = torch.randint(5, 100, (1, 6), generator=torch.Generator().manual_seed(10))
+    scores = TransformerLRP(model).attribute(ids, target=0)
+    torch.testing.assert_close(scores.sum(1), torch.ones(1, dtype=scores.dtype), rtol=0, atol=1e-6)
+    assert (len(module_hooks._global_forward_hooks), len(module_hooks._global_forward_pre_hooks)) == before

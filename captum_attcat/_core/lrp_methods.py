@@ -139,6 +139,8 @@ class LRPAttribution(TransformerAttribution):
         # the explained input of the engine: the first block's input, as a fresh leaf
         states = BlockStates(adapter.blocks[:1], inputs=True, fresh=True)
         propagation = Propagation(self.rules, gradients=attention_grads)
+        # attention read by hooks gets its rules after its code ran: follow the copies it multiplied
+        propagation.follow_copies = bool(adapter.hooked_attention)
         recorder = self._attention_recorder(propagation)
         handles: list = []
         hooks: list = []

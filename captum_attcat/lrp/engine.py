@@ -37,6 +37,7 @@ import contextlib
 import functools
 import math
 import re
+import threading
 import weakref
 from typing import Any, Callable, Iterator, Sequence
 
@@ -64,6 +65,9 @@ class Propagation:
         self.product_rules: dict[int, Any] = {}
         #: id -> weak reference of the routing weights of mixture-of-experts layers (see :func:`routing_modules`)
         self.routing: dict[int, Any] = {}
+        #: whether to remember what moved tensors were made from (needed when rules are given to tensors
+        #: after the operations that use them ran: attention read by hooks, routing weights)
+        self.follow_copies = False
         #: id of a tensor made by moving values -> weak references to it and to the tensor it came from
         self.made_from: dict[int, tuple[Any, int]] = {}
         #: > 0 while an operation handled as a whole (an activation module) runs its own code
@@ -332,6 +336,8 @@ def _moves(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> An
     relevance-carrying tensor remembers what it was made from, so that a product rule given to the
     original (attention probabilities a model returns after multiplying a reshaped copy) applies."""
     output = func(*args, **kwargs)
+    if not propagation.follow_copies:
+        return output
     source = args[0] if args else None
     if isinstance(output, Tensor) and isinstance(source, Tensor) and output.requires_grad and output is not source:
         propagation.made_from[id(output)] = (weakref.ref(output), weakref.ref(source))
@@ -637,17 +643,45 @@ def activation_modules(roots: Sequence[Module]) -> list[Module]:
         >>> [type(m).__name__ for m in activation_modules([gpt2])][:1]  # doctest: +SKIP
         ['NewGELUActivation']
     """
-    found = []
-    for root in roots:
-        for module in root.modules():
-            kind = type(module)
-            known = kind.__module__ in ("torch.nn.modules.activation", "transformers.activations")
-            # a model's own activation class (BLOOM's ``BloomGelu``)
-            named = kind.__module__.startswith("transformers.models.") and re.search(
-                r"(gelu|silu|swish|relu|activation)$", kind.__name__.lower()) is not None
-            if (known or named) and not isinstance(module, (torch.nn.MultiheadAttention, torch.nn.Softmax2d)):
-                found.append(module)
-    return found
+    return [module for root in roots for module in root.modules() if _is_activation(module)]
+
+
+def _is_activation(module: Module) -> bool:
+    kind = type(module)
+    known = kind.__module__ in ("torch.nn.modules.activation", "transformers.activations")
+    # a model's own activation class (BLOOM's ``BloomGelu``)
+    named = kind.__module__.startswith("transformers.models.") and re.search(
+        r"(gelu|silu|swish|relu|activation)$", kind.__name__.lower()) is not None
+    return (known or named) and not isinstance(module, (torch.nn.MultiheadAttention, torch.nn.Softmax2d))
+
+
+@contextlib.contextmanager
+def _activations_made_during(propagation: Propagation, known: Sequence[Module]) -> Iterator[None]:
+    """Activation modules created while the model runs (BigBird's head calls
+    ``ACT2FN[name](x)``, a new module each time) are one elementwise operation too: global module
+    hooks, acting only in this thread and on modules not patched already."""
+    thread, patched, running = threading.get_ident(), {id(m) for m in known}, []
+
+    def before(module: Module, args: tuple) -> None:
+        if threading.get_ident() == thread and id(module) not in patched and len(args) == 1 and \
+                _carries(args[0]) and not propagation.suspended and _is_activation(module):
+            propagation.suspended += 1
+            running.append((module, args[0]))
+
+    def after(module: Module, args: tuple, output: Any) -> Any:
+        if threading.get_ident() != thread or not running or running[-1][0] is not module:
+            return None
+        _, x = running.pop()
+        propagation.suspended -= 1
+        return _Elementwise.apply(x, output, module.forward, propagation) if isinstance(output, Tensor) else None
+
+    handles = [torch.nn.modules.module.register_module_forward_pre_hook(before),
+               torch.nn.modules.module.register_module_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def normalization_modules(roots: Sequence[Module]) -> list[Module]:
@@ -722,7 +756,8 @@ def lrp_forward(propagation: Propagation, activations: Sequence[Module] = (), st
         for module in routers:
             replaced.append((module, module.__dict__.get("forward")))
             module.forward = _as_router(module.forward, propagation)
-        with _LRPMode(propagation):
+        propagation.follow_copies = propagation.follow_copies or bool(routers)
+        with _activations_made_during(propagation, activations), _LRPMode(propagation):
             yield propagation
     finally:
         if handle is not None:
