@@ -62,6 +62,8 @@ class Family:
     #: factor on the query and key weights: attention scores far from 0, so that what acts on them
     #: (soft-capping) changes the logits visibly
     sharpen: float = 1.0
+    #: sub-configs that get the tiny sizes too (CLIP's ``vision_config``)
+    nested: tuple[str, ...] = ()
 
 
 FAMILIES = [
@@ -98,6 +100,8 @@ FAMILIES = [
     Family("BEiT", "beit", head="image-classification"), Family("DINOv2", "dinov2", head="image-classification"),
     Family("DINOv2 (registers)", "dinov2_with_registers", head="image-classification"),
     Family("ViT-MSN", "vit_msn", head="image-classification"),
+    Family("CLIP (vision)", "clip", head="image-classification", nested=("vision_config", "text_config")),
+    Family("SigLIP (vision)", "siglip", head="image-classification", nested=("vision_config", "text_config")),
     Family("Swin", "swin", head="image-classification", attn_implementation="eager",
            settings=dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2)),
     # encoder-decoder models
@@ -116,12 +120,13 @@ def tiny_model(family: Family) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = AutoConfig.for_model(family.model_type)
-    for name, value in {**SIZES, **family.settings}.items():
-        if hasattr(config, name) or name in getattr(config, "attribute_map", {}) or name in family.settings:
-            try:
-                setattr(config, name, value)
-            except AttributeError:  # a derived property (Falcon's head_dim)
-                pass
+    for target in (config, *(getattr(config, name) for name in family.nested)):
+        for name, value in {**SIZES, **family.settings}.items():
+            if hasattr(target, name) or name in getattr(target, "attribute_map", {}) or name in family.settings:
+                try:
+                    setattr(target, name, value)
+                except AttributeError:  # a derived property (Falcon's head_dim)
+                    pass
     if getattr(config, "architectures", []) is None:  # (DeiT's default config) what from_config reads
         config.architectures = []
     if getattr(config, "layer_types", None):
@@ -161,11 +166,20 @@ def _targets(family: Family) -> list:
     return [0, 1]
 
 
-def _head_mask(explainer: Any) -> torch.Tensor:
-    config = explainer.adapter.config
-    heads = next(getattr(config, n) for n in ("num_attention_heads", "n_head", "n_heads", "num_heads")
-                 if isinstance(getattr(config, n, None), (int, list)))
-    heads = heads[0] if isinstance(heads, list) else heads  # Swin: heads per stage
+def _head_mask(model: torch.nn.Module, inputs: torch.Tensor, args: tuple = ()) -> torch.Tensor:
+    """A ``(blocks, heads)`` mask keeping every other head, as many heads as the attention has
+    (ConvBERT gives half of its heads to convolutions; Swin's stages differ: the config's first)."""
+    from captum_attcat import RawAttention
+
+    explainer = RawAttention(model)
+    try:
+        heads = explainer._attention_pass(inputs, None, args or None).attentions[0].shape[1]
+    except Exception:  # the method's own error will say why
+        config = explainer.adapter.config
+        configs = (config, getattr(config, "vision_config", None))
+        heads = next(getattr(c, n) for c in configs for n in ("num_attention_heads", "n_head", "num_heads")
+                     if isinstance(getattr(c, n, None), (int, list)))
+        heads = heads[0] if isinstance(heads, list) else heads
     blocks = len(explainer.adapter.blocks)
     return (torch.arange(blocks)[:, None] + torch.arange(heads)[None]) % 2 == 0
 
@@ -206,7 +220,7 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
     before = _state(model)
     try:
         cls = METHODS[method]
-        explainer = cls(model, head_mask=_head_mask(cls(model))) if method == "MaskLRP" else cls(model)
+        explainer = cls(model, head_mask=_head_mask(model, ids, (mask,))) if method == "MaskLRP" else cls(model)
         seen: list[torch.Tensor] = []
         call = explainer.adapter.call
 
@@ -248,11 +262,11 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
     return "ok"
 
 
-def _explainer(method: str, model: torch.nn.Module) -> Any:
+def _explainer(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> Any:
     from captum_attcat import METHODS
 
     cls = METHODS[method]
-    return cls(model, head_mask=_head_mask(cls(model))) if method == "MaskLRP" else cls(model)
+    return cls(model, head_mask=_head_mask(model, inputs)) if method == "MaskLRP" else cls(model)
 
 
 def _image_cell(family: Family, method: str, model: torch.nn.Module) -> str:
@@ -262,7 +276,7 @@ def _image_cell(family: Family, method: str, model: torch.nn.Module) -> str:
         own_logits = model(pixel_values=images).logits
     before = _state(model)
     try:
-        explainer = _explainer(method, model)
+        explainer = _explainer(method, model, images)
         seen: list[torch.Tensor] = []
         call = explainer.adapter.call
 

@@ -257,8 +257,17 @@ class _CodeBlock(nn.Module):
                 constant = y * 2
             return hidden + constant
         if self.case == "iadd":
+            y = y * 3.0
+            y += hidden
+            y /= 2.0
+            return y
+        if self.case == "add":
+            return (y * 3.0 + hidden) / 2.0
+        if self.case == "iadd linear":
             y += hidden
             return y
+        if self.case == "exp_":
+            return y.exp_() + hidden
         return self.act(y) + hidden  # "inplace module" / "plain"
 
 
@@ -266,7 +275,8 @@ class _CodeBlock(nn.Module):
     ("tuple", r"no rule for `torch.std_mean`"),
     ("max", r"no rule for `torch.Tensor.max`"),
     ("no_grad", r"`torch.Tensor.mul` runs under torch.no_grad\(\) on a relevance-carrying tensor"),
-    ("iadd", r"`torch.Tensor.add_` changes a relevance-carrying tensor in place"),
+    ("exp_", r"`torch.Tensor.exp_` changes a relevance-carrying tensor in place and the LRP engine has no rule"),
+    ("iadd linear", r"`torch.Tensor.add_` changes the output of a linear layer in place"),
 ])
 def test_operations_the_engine_cannot_follow_are_refused_by_name(case, message):
     """Tuple-returning operations, model code under no_grad and in-place writes on
@@ -276,6 +286,23 @@ def test_operations_the_engine_cannot_follow_are_refused_by_name(case, message):
     forward = lambda x: head(block(x)[:, 0])  # noqa: E731
     with pytest.raises(NotImplementedError, match=message):
         TransformerLRP(forward, layers=[block]).attribute(torch.randn(2, 3, 4), target=0)
+
+
+def test_in_place_writes_take_the_rules_of_their_out_of_place_forms():
+    """``y += x; y /= 2`` gives what ``(y + x) / 2`` gives, relevance and gradients alike."""
+    torch.manual_seed(0)
+    plain, in_place = _CodeBlock("add"), _CodeBlock("iadd")
+    in_place.load_state_dict(plain.state_dict())
+    head = nn.Linear(4, 2)
+    x = torch.randn(2, 3, 4)
+    results = [TransformerLRP(lambda x, b=b: head(b(x)[:, 0]), layers=[b]).attribute(x, target=0)
+               for b in (plain, in_place)]
+    torch.testing.assert_close(results[1], results[0])
+    grads = []
+    for block in (plain, in_place):
+        leaf = x.clone().requires_grad_()
+        grads.append(torch.autograd.grad(head(block(leaf)[:, 0])[:, 0].sum(), leaf)[0])
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_an_in_place_activation_module_is_handled():
@@ -430,7 +457,7 @@ def test_an_activation_module_is_one_elementwise_operation():
     propagation = Propagation()
     with pytest.raises(NotImplementedError, match="no rule"):
         with lrp_forward(propagation):
-            act(x)
+            NewGELUActivation.forward(act, x)  # its code alone, not a module call
     with lrp_forward(propagation, [act]):
         y = act(x)
     assert "forward" not in act.__dict__  # the module is as it was ...

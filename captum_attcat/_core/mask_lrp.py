@@ -46,6 +46,13 @@ class HeadMaskedProduct:
         self.received, self.renormalize = received, renormalize
 
     def relevance(self, a: Tensor, b: Tensor, output: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
+        heads = self.keep.numel()
+        if a.dim() == 4 and b.dim() == 4 and b.shape[1] == 1 and a.shape[1] == heads > 1:
+            # values shared by every head (Falcon's multi-query attention): mask each head's share
+            # of their relevance before it is summed into the shared values
+            ra, rb = self.base.relevance(a, b.expand(b.shape[0], heads, *b.shape[2:]), output, relevance)
+            kept_a, kept_b = self._masked(ra, rb)
+            return kept_a, kept_b.sum_to_size(b.shape)
         ra, rb = self.base.relevance(a, b, output, relevance)
         if ra.dim() == 3:  # heads folded into the batch, (batch * heads, queries, keys), as BLOOM multiplies
             heads = self.keep.numel()
@@ -54,6 +61,9 @@ class HeadMaskedProduct:
         return self._masked(ra, rb)
 
     def _masked(self, ra: Tensor, rb: Tensor) -> tuple[Tensor, Tensor]:
+        if ra.shape[1] != self.keep.numel():
+            raise ValueError(f"the head mask has {self.keep.numel()} heads per block but block {self.block}'s "
+                             f"attention has {ra.shape[1]} (as its probabilities show)")
         self.received[self.block] = ra / self.base.share
         if self.renormalize:
             before = ra.flatten(1).sum(1) + rb.flatten(1).sum(1)
@@ -123,7 +133,12 @@ class MaskLRP(LRPAttribution):
                 f"the head mask has {head_mask.shape[0]} blocks but the model has {blocks} "
                 f"(expected shape ({blocks}, heads))"
             )
-        heads = getattr(self.adapter.config, "num_attention_heads", None)
+        # the attention module's own count where it keeps one (ConvBERT gives half of the config's heads
+        # to convolutions), else the config's
+        first = self.adapter.attention_modules[0] if self.adapter.attention_modules else None
+        heads = next((getattr(first, n) for n in ("num_attention_heads", "num_heads", "n_heads")
+                      if isinstance(getattr(first, n, None), int)),
+                     getattr(self.adapter.config, "num_attention_heads", None))
         if head_mask is not None and isinstance(heads, int) and head_mask.shape[1] != heads:
             raise ValueError(
                 f"the head mask has {head_mask.shape[1]} heads per block but the model has {heads} "

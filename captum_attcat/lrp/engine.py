@@ -144,17 +144,35 @@ def _vjp(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor, propagation: P
     return result
 
 
+def _keep_output(ctx: Any, output: Tensor) -> None:
+    """Keep ``output``'s values for the backward without freezing it: a later in-place write on it
+    (a model scaling its attention scores with ``/=``) shows in its version counter, which the
+    detached alias shares, and the backward then recomputes the values from the saved inputs."""
+    ctx.output, ctx.output_version = output.detach(), output._version
+
+
+def _kept_output(ctx: Any, recompute: Callable[[], Tensor]) -> Tensor:
+    return ctx.output if ctx.output._version == ctx.output_version else recompute()
+
+
+def _recomputed(fn: Callable[[Tensor], Tensor], x: Tensor, propagation: "Propagation") -> Tensor:
+    with torch.no_grad(), _suspended(propagation):
+        return fn(x)
+
+
 class _Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, rule, propagation):  # type: ignore[override]
         output = F.linear(x, weight, bias)  # for addmm(b, x, W): weight = W.t(), a view
-        ctx.save_for_backward(x, weight, bias, output)
+        ctx.save_for_backward(x, weight, bias)
+        _keep_output(ctx, output)
         ctx.rule, ctx.propagation = rule, propagation
         return output
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight, bias, output = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
+        output = _kept_output(ctx, lambda: F.linear(x, weight, bias))
         shape = x.shape
         # a gradient found dense says the relevance will be too: skip the look (working on
         # every row is always right, only slower)
@@ -213,13 +231,16 @@ class _Elementwise(Function):
     @staticmethod
     def forward(ctx, x, y, fn, propagation):  # type: ignore[override]
         ctx.fn, ctx.propagation, ctx.has_graph = fn, propagation, y.requires_grad
-        ctx.save_for_backward(x, y)
-        return y.detach()
+        ctx.save_for_backward(x)
+        output = y.detach()
+        _keep_output(ctx, output)
+        return output
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, y = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
+            y = _kept_output(ctx, lambda: _recomputed(ctx.fn, x, ctx.propagation))
             return ctx.propagation.rules.elementwise.relevance(x, y, grad).to(x.dtype), None, None, None
         if ctx.has_graph:
             return None, grad, None, None
@@ -242,14 +263,16 @@ class _Add(Function):
     @staticmethod
     def forward(ctx, a, b, propagation):  # type: ignore[override]
         output = torch.add(a, b)
-        ctx.save_for_backward(a, b, output)
+        ctx.save_for_backward(a, b)
+        _keep_output(ctx, output)
         ctx.propagation = propagation
         return output
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, b, output = ctx.saved_tensors
+        a, b = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
+            output = _kept_output(ctx, lambda: torch.add(a, b))
             ra, rb = ctx.propagation.rules.add.relevance(a, b, output, grad)
         else:
             ra, rb = grad.sum_to_size(a.shape), grad.sum_to_size(b.shape)
@@ -260,14 +283,16 @@ class _Product(Function):
     @staticmethod
     def forward(ctx, a, b, propagation):  # type: ignore[override]
         output = torch.matmul(a, b)
-        ctx.save_for_backward(a, b, output)
+        ctx.save_for_backward(a, b)
+        _keep_output(ctx, output)
         ctx.propagation = propagation
         return output
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, b, output = ctx.saved_tensors
+        a, b = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
+            output = _kept_output(ctx, lambda: torch.matmul(a, b))
             # looked up now, so a rule given to ``a`` after the product ran (an attention module's
             # output read by a forward hook) applies too
             ra, rb = ctx.propagation.product_rule(a).relevance(a, b, output, grad)
@@ -283,14 +308,16 @@ class _ElementwiseProduct(Function):
     @staticmethod
     def forward(ctx, a, b, propagation):  # type: ignore[override]
         output = torch.mul(a, b)
-        ctx.save_for_backward(a, b, output)
+        ctx.save_for_backward(a, b)
+        _keep_output(ctx, output)
         ctx.propagation = propagation
         return output
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, b, output = ctx.saved_tensors
+        a, b = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
+            output = _kept_output(ctx, lambda: torch.mul(a, b))
             ra, rb = ctx.propagation.rules.product.elementwise_relevance(a, b, output, grad)
         else:
             ra, rb = (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape)
@@ -353,7 +380,8 @@ register_operation(
     Tensor.float, Tensor.double, Tensor.half, Tensor.bfloat16, Tensor.split, torch.split, Tensor.chunk,
     torch.chunk, Tensor.unbind, torch.unbind, torch.cat, torch.concat, torch.stack, Tensor.detach,
     Tensor.requires_grad_, Tensor.t, Tensor.movedim, torch.movedim, Tensor.__setitem__, Tensor.masked_fill,
-    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather, torch.where, Tensor.where,
+    Tensor.index_select, torch.index_select, Tensor.gather, torch.gather, torch.where, Tensor.where, F.unfold,
+    F.pad,
 )(_moves)
 
 
@@ -366,6 +394,33 @@ def _linear_layer(propagation: Propagation, func: Any, args: tuple, kwargs: dict
     if not _carries(x):
         return func(*args, **kwargs)
     return _Linear.apply(x, weight, bias, propagation.rules.linear_rule_for(weight), propagation)
+
+
+@register_operation(F.conv1d, torch.conv1d)
+def _convolution(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """A 1-d convolution of a relevance-carrying input with constant weights (ConvBERT's separable
+    convolutions): a linear layer applied to every window of the input, so the linear rule applies
+    (groups as a block-diagonal weight); overlapping windows give each input position the sum of
+    its shares."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    values = {**dict(zip(names, args)), **kwargs}
+    x, weight, bias = values["input"], values["weight"], values.get("bias")
+    stride, padding, dilation, groups = (values.get(n, d) for n, d in (("stride", 1), ("padding", 0),
+                                                                         ("dilation", 1), ("groups", 1)))
+    stride, padding, dilation = (v[0] if isinstance(v, (list, tuple)) else v for v in (stride, padding, dilation))
+    if not _carries(x) or _carries(weight) or _carries(bias) or isinstance(padding, str) or x.dim() != 3:
+        return _refuse_or_run(propagation, func, args, kwargs)
+    out_channels, per_group, width = weight.shape
+    # (batch, channels * width, positions): every window of the input, as F.unfold lays it out
+    windows = F.unfold(x.unsqueeze(-1), (width, 1), dilation=(dilation, 1), padding=(padding, 0), stride=(stride, 1))
+    dense = weight.new_zeros(out_channels, x.shape[1] * width)
+    outputs_per_group = out_channels // groups
+    for g in range(groups):
+        rows, columns = slice(g * outputs_per_group, (g + 1) * outputs_per_group), slice(
+            g * per_group * width, (g + 1) * per_group * width)
+        dense[rows, columns] = weight[rows].reshape(outputs_per_group, per_group * width)
+    rule = propagation.rules.linear_rule_for(weight)
+    return _Linear.apply(windows.transpose(1, 2), dense, bias, rule, propagation).transpose(1, 2)
 
 
 @register_operation(torch.addmm, Tensor.addmm)
@@ -414,7 +469,8 @@ def _sum(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     return func(*args, **kwargs)
 
 
-@register_operation(torch.sub, Tensor.sub, Tensor.__sub__, Tensor.__rsub__, torch.rsub)
+@register_operation(torch.sub, Tensor.sub, Tensor.__sub__, Tensor.__rsub__, torch.rsub, torch.subtract,
+                    Tensor.subtract)
 def _difference(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     """``a - b`` as ``a + (-b)``: the add rule when both carry relevance (gpt-oss's rotary
     embeddings), negation passing relevance unchanged; minus a constant passes it unchanged."""
@@ -432,10 +488,11 @@ def _difference(propagation: Propagation, func: Any, args: tuple, kwargs: dict) 
     return func(*args, **kwargs)  # minus a constant (or nothing carrying): the chain rule passes it on
 
 
-_DIVISIONS = (torch.div, Tensor.div, Tensor.__truediv__)
+_DIVISIONS = (torch.div, Tensor.div, Tensor.__truediv__, torch.divide, Tensor.divide)
 
 
-@register_operation(torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, *_DIVISIONS)
+@register_operation(torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, torch.multiply, Tensor.multiply,
+                    *_DIVISIONS)
 def _scaling(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     """``a * b`` or ``a / b``. By a constant: the elementwise rule (relevance passes through).
     Two relevance-carrying factors (the gated MLP's ``act(gate(x)) * up(x)``): the product rule
@@ -524,6 +581,32 @@ def _weight_of(matrix: Tensor, propagation: Propagation) -> Tensor:
     return propagation.transposed(matrix)
 
 
+def _written_in_place(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """An in-place write with relevance-carrying operands (``scores /= sqrt(d)`` in Falcon,
+    ``scores += bias`` in MPNet): the operation out of place on a copy of the target, by its own
+    rule, then copied into the target, whose history becomes the result's (rules that saved the
+    target's old values see the write and recompute them)."""
+    name = getattr(func, "__name__", "")
+    plain = getattr(Tensor, name[:-1], None) if name.endswith("_") else None
+    handler = OPERATIONS.get(plain)
+    target = args[0] if args else None
+    if handler is None or not isinstance(target, Tensor) or not target.is_floating_point():
+        raise NotImplementedError(
+            f"`{_name(func)}` changes a relevance-carrying tensor in place and the LRP engine has no rule for "
+            f"its out-of-place form; write the model's code out of place (e.g. `y = y + x`, `inplace=False`)"
+        )
+    result = handler(propagation, plain, (target.clone(), *args[1:]), kwargs)
+    try:
+        return target.copy_(result)
+    except RuntimeError as error:  # autograd forbids writing into a view a rule's function returned
+        if "modified inplace" not in str(error):
+            raise
+        raise NotImplementedError(
+            f"`{_name(func)}` changes the output of a linear layer in place, which autograd forbids for the "
+            "engine's rules; write the model's code out of place (e.g. `y = y + x`)"
+        ) from error
+
+
 def _refuse_or_run(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     """Run ``func``; raise, naming it, if relevance-carrying inputs give relevance-carrying outputs."""
     output = func(*args, **kwargs)
@@ -551,10 +634,7 @@ class _LRPMode(TorchFunctionMode):
         if func in _ACCUMULATING:
             return _accumulate(propagation, func, args, kwargs)
         if _in_place(func) and any(_carries(v) for v in _flat(args, kwargs)):
-            raise NotImplementedError(
-                f"`{_name(func)}` changes a relevance-carrying tensor in place, which the LRP engine cannot "
-                "follow; write the model's code out of place (e.g. `y = y + x`, `inplace=False`)"
-            )
+            return _written_in_place(propagation, func, args, kwargs)
         if not torch.is_grad_enabled():
             output = func(*args, **kwargs)
             if any(isinstance(o, Tensor) and o.is_floating_point() for o in _flat((output,), {})) and \

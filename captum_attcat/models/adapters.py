@@ -358,7 +358,10 @@ class TransformerAdapter:
         """The weight of the model's input embedding table, if known (its width and dtype are
         what embeddings given as inputs must have)."""
         get = getattr(self.root, "get_input_embeddings", None)
-        table = get() if callable(get) else None
+        try:
+            table = get() if callable(get) else None
+        except NotImplementedError:  # (CLIP's image classifier has no token embeddings)
+            table = None
         weight = getattr(table, "weight", None)
         return weight if isinstance(weight, Tensor) else None
 
