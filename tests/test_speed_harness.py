@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -42,3 +43,14 @@ def test_mask_lrp_is_measured_with_the_minilm_head_mask():
     explainer = explainer_for(MaskLRP, model)
     assert explainer.head_mask.shape == (6, 12) and int(explainer.head_mask.tensor().sum()) == 3
     assert isinstance(explainer_for(TransAtt, model), TransAtt)
+
+
+def test_the_harness_measures_a_llama_of_the_same_size_too():
+    from benchmarks.speed import main, minilm_sized_model
+
+    llama = minilm_sized_model(architecture="llama")
+    assert type(llama).__name__ == "LlamaForSequenceClassification"
+    assert (llama.config.num_hidden_layers, llama.config.num_attention_heads, llama.config.hidden_size) == (6, 12, 384)
+    with pytest.raises(SystemExit) as exit_info:  # peak memory is measured on the BERT only
+        main(["--architecture", "llama"])
+    assert exit_info.value.code == 2
