@@ -201,8 +201,6 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
     """``"ok"`` or the one-line reason the cell fails; raises :class:`SilentlyWrong` when it returns
     a wrong result (a forward that is not the model's own, batch differing from one-by-one,
     padding scored, the model changed)."""
-    from captum_attcat import METHODS
-
     model = tiny_model(family) if model is None else model
     if family.head == "image-classification":
         return _image_cell(family, method, model)
@@ -219,17 +217,8 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
         enumerate(zip(alone, LENGTHS)))
     before = _state(model)
     try:
-        cls = METHODS[method]
-        explainer = cls(model, head_mask=_head_mask(model, ids, (mask,))) if method == "MaskLRP" else cls(model)
-        seen: list[torch.Tensor] = []
-        call = explainer.adapter.call
-
-        def recording(*args: Any) -> Any:
-            output = call(*args)
-            seen.append(output.logits.detach())
-            return output
-
-        explainer.adapter.call = recording
+        explainer = _explainer(method, model, ids, (mask,))
+        seen = _record_logits(explainer)
         batch = explainer.attribute(ids, target=targets, additional_forward_args=(mask,))
         seen_batch = list(seen)
         # a model whose own logits change with padding (ConvBERT's convolutions, ALiBi in float32 masks)
@@ -262,11 +251,26 @@ def run_cell(family: Family, method: str, model: torch.nn.Module | None = None) 
     return "ok"
 
 
-def _explainer(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> Any:
+def _explainer(method: str, model: torch.nn.Module, inputs: torch.Tensor, args: tuple = ()) -> Any:
+    """The cell's explainer: the method's defaults, MaskLRP with every other head kept."""
     from captum_attcat import METHODS
 
     cls = METHODS[method]
-    return cls(model, head_mask=_head_mask(model, inputs)) if method == "MaskLRP" else cls(model)
+    return cls(model, head_mask=_head_mask(model, inputs, args)) if method == "MaskLRP" else cls(model)
+
+
+def _record_logits(explainer: Any) -> list[torch.Tensor]:
+    """The logits of every forward pass the explainer runs from now on (a list it fills)."""
+    seen: list[torch.Tensor] = []
+    call = explainer.adapter.call
+
+    def recording(*args: Any) -> Any:
+        output = call(*args)
+        seen.append(output.logits.detach())
+        return output
+
+    explainer.adapter.call = recording
+    return seen
 
 
 def _image_cell(family: Family, method: str, model: torch.nn.Module) -> str:
@@ -277,15 +281,7 @@ def _image_cell(family: Family, method: str, model: torch.nn.Module) -> str:
     before = _state(model)
     try:
         explainer = _explainer(method, model, images)
-        seen: list[torch.Tensor] = []
-        call = explainer.adapter.call
-
-        def recording(*args: Any) -> Any:
-            output = call(*args)
-            seen.append(output.logits.detach())
-            return output
-
-        explainer.adapter.call = recording
+        seen = _record_logits(explainer)
         batch = explainer.attribute(images, target=[0, 1])
         seen_batch = list(seen)
         singles = [explainer.attribute(images[r:r + 1], target=r)[0] for r in range(2)]

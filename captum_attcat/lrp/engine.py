@@ -280,48 +280,33 @@ class _Add(Function):
 
 
 class _Product(Function):
+    """``a @ b`` (``elementwise=False``) or ``a * b`` (broadcasting) of two relevance-carrying tensors."""
+
     @staticmethod
-    def forward(ctx, a, b, propagation):  # type: ignore[override]
-        output = torch.matmul(a, b)
+    def forward(ctx, a, b, propagation, elementwise=False):  # type: ignore[override]
+        ctx.multiply = torch.mul if elementwise else torch.matmul
+        output = ctx.multiply(a, b)
         ctx.save_for_backward(a, b)
         _keep_output(ctx, output)
-        ctx.propagation = propagation
+        ctx.propagation, ctx.elementwise = propagation, elementwise
         return output
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         a, b = ctx.saved_tensors
         if ctx.propagation.relevance_mode:
-            output = _kept_output(ctx, lambda: torch.matmul(a, b))
-            # looked up now, so a rule given to ``a`` after the product ran (an attention module's
-            # output read by a forward hook) applies too
-            ra, rb = ctx.propagation.product_rule(a).relevance(a, b, output, grad)
+            output = _kept_output(ctx, lambda: ctx.multiply(a, b))
+            if ctx.elementwise:
+                ra, rb = ctx.propagation.rules.product.elementwise_relevance(a, b, output, grad)
+            else:  # looked up now, so a rule given to ``a`` after the product ran (an attention
+                # module's output read by a forward hook) applies too
+                ra, rb = ctx.propagation.product_rule(a).relevance(a, b, output, grad)
+        elif ctx.elementwise:
+            ra, rb = (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape)
         else:
             ra = (grad @ b.transpose(-1, -2).to(grad.dtype)).sum_to_size(a.shape)
             rb = (a.transpose(-1, -2).to(grad.dtype) @ grad).sum_to_size(b.shape)
-        return ra.to(a.dtype), rb.to(b.dtype), None
-
-
-class _ElementwiseProduct(Function):
-    """``a * b`` (broadcasting) of two relevance-carrying tensors."""
-
-    @staticmethod
-    def forward(ctx, a, b, propagation):  # type: ignore[override]
-        output = torch.mul(a, b)
-        ctx.save_for_backward(a, b)
-        _keep_output(ctx, output)
-        ctx.propagation = propagation
-        return output
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        a, b = ctx.saved_tensors
-        if ctx.propagation.relevance_mode:
-            output = _kept_output(ctx, lambda: torch.mul(a, b))
-            ra, rb = ctx.propagation.rules.product.elementwise_relevance(a, b, output, grad)
-        else:
-            ra, rb = (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape)
-        return ra.to(a.dtype), rb.to(b.dtype), None
+        return ra.to(a.dtype), rb.to(b.dtype), None, None
 
 
 def _carries(value: Any) -> bool:
@@ -510,7 +495,7 @@ def _scaling(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> 
     if carry_a and carry_b:
         if func in _DIVISIONS or kwargs.get("out") is not None:
             raise NotImplementedError(_no_rule(func, "two relevance-carrying operands"))
-        return _ElementwiseProduct.apply(a, b, propagation)
+        return _Product.apply(a, b, propagation, True)
     if carry_b and func in _DIVISIONS:
         raise NotImplementedError(_no_rule(func, "a relevance-carrying divisor"))
     if carry_a or carry_b:
