@@ -277,3 +277,20 @@ def test_activations_made_during_the_forward_are_one_operation_and_leave_no_glob
     scores = TransformerLRP(model).attribute(ids, target=0)
     torch.testing.assert_close(scores.sum(1), torch.ones(1, dtype=scores.dtype), rtol=0, atol=1e-6)
     assert (len(module_hooks._global_forward_hooks), len(module_hooks._global_forward_pre_hooks)) == before
+
+
+@pytest.mark.parametrize("groups, channels_in, channels_out", [(1, 4, 6), (4, 4, 4), (2, 4, 6)])
+def test_a_convolution_is_a_linear_layer_over_windows(groups, channels_in, channels_out):
+    """ConvBERT's convolutions: the same output and gradients as ``F.conv1d``, and (alpha1-beta0,
+    no bias) each output unit with positive contributions hands all its relevance to the input (a
+    unit without any, ``z+ = 0``, passes nothing on)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(11)
+    weight = torch.randn(channels_out, channels_in // groups, 3, dtype=torch.float64, generator=g)
+    conv = lambda x, w=weight: F.conv1d(x, w, padding=1, groups=groups)  # noqa: E731
+    (x,), output, (relevance,) = _relevance_of(conv, (2, channels_in, 7))
+    torch.testing.assert_close(output, conv(x))
+    x = x.detach()
+    positive = conv(x.clamp(min=0), weight.clamp(min=0)) + conv(x.clamp(max=0), weight.clamp(max=0))
+    torch.testing.assert_close(relevance.sum((1, 2)), (positive > 0).sum((1, 2)).double())
