@@ -294,3 +294,23 @@ def test_a_convolution_is_a_linear_layer_over_windows(groups, channels_in, chann
     x = x.detach()
     positive = conv(x.clamp(min=0), weight.clamp(min=0)) + conv(x.clamp(max=0), weight.clamp(max=0))
     torch.testing.assert_close(relevance.sum((1, 2)), (positive > 0).sum((1, 2)).double())
+
+
+def test_multi_head_attention_with_a_learned_query_is_written_out_with_the_rules():
+    """SigLIP's pooling head (``nn.MultiheadAttention`` with a constant query): the same output and
+    gradients as torch's, and the keys and values receive all the relevance."""
+    from captum_attcat.lrp import Propagation, lrp_forward
+
+    torch.manual_seed(12)
+    attention = torch.nn.MultiheadAttention(8, 2, batch_first=True).double().eval().requires_grad_(False)
+    probe = torch.randn(1, 1, 8, dtype=torch.float64).expand(2, 1, 8)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    propagation = Propagation()
+    with lrp_forward(propagation):
+        output = attention(probe, hidden, hidden)[0]
+    expected = attention(probe, hidden, hidden)[0]
+    torch.testing.assert_close(output, expected)
+    (grad,) = propagation.gradients(output.sum(), [hidden], retain_graph=True)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.sum(), hidden)[0])
+    (relevance,) = propagation.relevance(output[:, 0, 0].sum(), [hidden])
+    torch.testing.assert_close(relevance.sum((1, 2)), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-5)  # conserved

@@ -284,6 +284,8 @@ class _Product(Function):
 
     @staticmethod
     def forward(ctx, a, b, propagation, elementwise=False):  # type: ignore[override]
+        # one operand constant (a pooling head's learned query): the other receives all the relevance
+        ctx.one_sided = not (_carries(a) and _carries(b))
         ctx.multiply = torch.mul if elementwise else torch.matmul
         output = ctx.multiply(a, b)
         ctx.save_for_backward(a, b)
@@ -298,6 +300,9 @@ class _Product(Function):
             output = _kept_output(ctx, lambda: ctx.multiply(a, b))
             if ctx.elementwise:
                 ra, rb = ctx.propagation.rules.product.elementwise_relevance(a, b, output, grad)
+            elif ctx.one_sided:  # the z-rule to the relevance-carrying operand alone
+                rule = ctx.propagation.rules.product
+                ra, rb = (r / rule.share if rule.share else r for r in rule.relevance(a, b, output, grad))
             else:  # looked up now, so a rule given to ``a`` after the product ran (an attention
                 # module's output read by a forward hook) applies too
                 ra, rb = ctx.propagation.product_rule(a).relevance(a, b, output, grad)
@@ -554,6 +559,59 @@ def _average(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> 
     weight = torch.full((1, x.shape[dim]), 1.0 / x.shape[dim], dtype=x.dtype, device=x.device)
     averaged = _Linear.apply(moved, weight, None, propagation.rules.linear, propagation).squeeze(-1)
     return averaged.unsqueeze(dim) if keepdim else averaged
+
+
+_MHA_ARGUMENTS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+                  "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+                  "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+                  "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal")
+
+
+@register_operation(F.multi_head_attention_forward)
+def _multi_head_attention(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
+    """``nn.MultiheadAttention`` (SigLIP's pooling head) written out with the engine's rules: its
+    projections are linear layers, ``Q K^T`` and ``A V`` products (a constant learned query's product
+    hands all the relevance to the keys), softmax elementwise. Masks, added key/value biases and
+    separate projection weights are refused."""
+    values = {**dict(zip(_MHA_ARGUMENTS, args)), **kwargs}
+    query, key, value = values["query"], values["key"], values["value"]
+    if not any(_carries(t) for t in (query, key, value)):
+        return func(*args, **kwargs)
+    unsupported = [name for name in ("bias_k", "bias_v", "key_padding_mask", "attn_mask", "static_k", "static_v")
+                   if values.get(name) is not None]
+    unsupported += [name for name in ("add_zero_attn", "use_separate_proj_weight", "is_causal") if values.get(name)]
+    if values.get("training") and values.get("dropout_p"):
+        unsupported.append("dropout_p")
+    if unsupported or query.dim() != 3:
+        raise NotImplementedError(_no_rule(func, "relevance-carrying inputs and " + (
+            ", ".join(f"`{n}`" for n in unsupported) or "unbatched inputs")))
+    heads, width = values["num_heads"], query.shape[-1]
+    weights = values["in_proj_weight"].chunk(3)
+    biases = values["in_proj_bias"].chunk(3) if values["in_proj_bias"] is not None else (None, None, None)
+
+    def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if not _carries(x):
+            return F.linear(x, weight, bias)
+        return _Linear.apply(x, weight, bias, propagation.rules.linear_rule_for(weight), propagation)
+
+    def by_head(t: Tensor) -> Tensor:  # (length, batch, width) -> (batch * heads, length, width / heads)
+        return t.reshape(t.shape[0], t.shape[1] * heads, width // heads).transpose(0, 1)
+
+    def product(a: Tensor, b: Tensor) -> Tensor:
+        return _Product.apply(a, b, propagation) if _carries(a) or _carries(b) else torch.bmm(a, b)
+
+    q, k, v = (by_head(linear(t, w, b)) for t, w, b in zip((query, key, value), weights, biases))
+    scale = (width // heads) ** -0.5
+    q = elementwise(q, lambda t: t * scale, propagation) if _carries(q) else q * scale
+    scores = product(q, k.transpose(1, 2))
+    probs = elementwise(scores, lambda t: torch.softmax(t, dim=-1), propagation) if _carries(scores) else \
+        torch.softmax(scores, dim=-1)
+    merged = product(probs, v).transpose(0, 1).reshape(query.shape[0], query.shape[1], width)
+    output = linear(merged, values["out_proj_weight"], values["out_proj_bias"])
+    if not values.get("need_weights", True):
+        return output, None
+    per_head = probs.reshape(query.shape[1], heads, query.shape[0], key.shape[0])
+    return output, per_head.mean(1) if values.get("average_attn_weights", True) else per_head
 
 
 def _weight_of(matrix: Tensor, propagation: Propagation) -> Tensor:
