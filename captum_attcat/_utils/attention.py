@@ -32,6 +32,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from .hooks import CallOrder
+
 ATTN_IMPLEMENTATION = "captum_attcat"
 
 # id(config) -> the implementation it was loaded with, while switched to ATTN_IMPLEMENTATION
@@ -145,16 +147,13 @@ class AttentionHandler:
             for sub in owner.modules():
                 if owners.setdefault(sub, owner) is owner:  # a call belongs to the first module holding it
                     self.block_of.setdefault(sub, []).append(index)
-        self._calls: dict[Module, int] = {}
+        self._order = CallOrder(self.block_of)
 
     def block(self, module: Module) -> int | None:
-        """The block of ``module``'s current call, counting its calls (None if not watched)."""
-        blocks = self.block_of.get(module)
-        if not blocks:
-            return None
-        calls = self._calls.get(module, 0)
-        self._calls[module] = calls + 1
-        return blocks[min(calls, len(blocks) - 1)]
+        """The block of ``module``'s current call, counting its calls (None if not watched; a call
+        after the listed ones is its last block's again)."""
+        index = self._order.next(module)
+        return self.block_of[module][-1] if index is None and self.block_of.get(module) else index
 
     def attention(
         self,

@@ -23,6 +23,36 @@ from torch import Tensor
 from torch.nn import Module
 
 
+class CallOrder:
+    """Which entry each call of a module fills, when a module is listed at several entries (ALBERT's
+    shared layer, applied once per block): its k-th call fills its k-th entry.
+
+    Example::
+
+        >>> order = CallOrder({layer: [0, 1]})
+        >>> order.next(layer), order.next(layer), order.next(layer)
+        (0, 1, None)
+    """
+
+    def __init__(self, entries: dict[Module, list[int]]) -> None:
+        self.entries = entries
+        self._calls: dict[Module, int] = {}
+
+    def reset(self) -> None:
+        """Start counting calls again (a new forward pass)."""
+        self._calls = {}
+
+    def next(self, module: Module) -> int | None:
+        """The entry of ``module``'s current call; None for a module not listed, or for calls after
+        its listed ones."""
+        entries = self.entries.get(module)
+        if not entries:
+            return None
+        calls = self._calls.get(module, 0)
+        self._calls[module] = calls + 1
+        return entries[calls] if calls < len(entries) else None
+
+
 class BlockStates:
     """Context manager recording block input (``inputs=True``) or output hidden states.
 
@@ -41,19 +71,12 @@ class BlockStates:
         self.fresh = fresh
         self.tensors: list[Tensor | None] = [None] * len(self.blocks)
         self._handles: list = []
-        #: the entries of each distinct module, and how many of its calls were seen
-        self._entries: dict[Module, list[int]] = {}
+        entries: dict[Module, list[int]] = {}
         for index, block in enumerate(self.blocks):
-            self._entries.setdefault(block, []).append(index)
-        self._calls: dict[Module, int] = {}
-
-    def _next(self, module: Module) -> int | None:
-        """The entry of ``module``'s current call; None for calls after the listed ones (a shared
-        layer's later applications when only its first is recorded)."""
-        entries = self._entries[module]
-        calls = self._calls.get(module, 0)
-        self._calls[module] = calls + 1
-        return entries[calls] if calls < len(entries) else None
+            entries.setdefault(block, []).append(index)
+        #: the entry of each call (None for a shared layer's later applications when only its first
+        #: is recorded)
+        self._order = CallOrder(entries)
 
     def _keep(self, index: int, hidden: Tensor) -> Tensor:
         if self.fresh or not hidden.requires_grad:  # nothing upstream needs grad: start a fresh leaf
@@ -63,7 +86,7 @@ class BlockStates:
 
     def _pre_hook(self):
         def hook(module: Module, args: tuple, kwargs: dict[str, Any]):
-            index = self._next(module)
+            index = self._order.next(module)
             if index is None:
                 return None
             if args and isinstance(args[0], Tensor):
@@ -80,7 +103,7 @@ class BlockStates:
 
     def _post_hook(self):
         def hook(module: Module, args: tuple, output):
-            index = self._next(module)
+            index = self._order.next(module)
             if index is None:
                 return None
             if isinstance(output, Tensor):
@@ -95,9 +118,9 @@ class BlockStates:
         return hook
 
     def __enter__(self) -> "BlockStates":
-        self._calls = {}
+        self._order.reset()
         try:
-            for block in self._entries:
+            for block in self._order.entries:
                 if self.inputs:
                     handle = block.register_forward_pre_hook(self._pre_hook(), with_kwargs=True)
                 else:

@@ -69,7 +69,7 @@ class Propagation:
         #: after the operations that use them ran: attention read by hooks, routing weights)
         self.follow_copies = False
         #: id of a tensor made by moving values -> weak references to it and to the tensor it came from
-        self.made_from: dict[int, tuple[Any, int]] = {}
+        self.made_from: dict[int, tuple[Any, Any]] = {}
         #: > 0 while an operation handled as a whole (an activation module) runs its own code
         self.suspended = 0
         #: whether the explained input has entered (operations before it are constants)
@@ -521,8 +521,8 @@ def _matrix_product(propagation: Propagation, func: Any, args: tuple, kwargs: di
     if carry_a and not carry_b and isinstance(b, Tensor) and b.dim() == 2 and func in (torch.matmul, Tensor.matmul,
                                                                                         Tensor.__matmul__):
         # ``x @ W.T`` (Falcon's linear layers): a linear layer whose weight is ``W``
-        return _Linear.apply(a, _weight_of(b, propagation), None, propagation.rules.linear_rule_for(_weight_of(
-            b, propagation)), propagation)
+        weight = _weight_of(b, propagation)
+        return _Linear.apply(a, weight, None, propagation.rules.linear_rule_for(weight), propagation)
     if carry_a or carry_b:
         raise NotImplementedError(_no_rule(func, "relevance-carrying operands"))
     return func(*args, **kwargs)
@@ -590,9 +590,7 @@ def _multi_head_attention(propagation: Propagation, func: Any, args: tuple, kwar
     biases = values["in_proj_bias"].chunk(3) if values["in_proj_bias"] is not None else (None, None, None)
 
     def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if not _carries(x):
-            return F.linear(x, weight, bias)
-        return _Linear.apply(x, weight, bias, propagation.rules.linear_rule_for(weight), propagation)
+        return _linear_layer(propagation, F.linear, (x, weight, bias), {})
 
     def by_head(t: Tensor) -> Tensor:  # (length, batch, width) -> (batch * heads, length, width / heads)
         return t.reshape(t.shape[0], t.shape[1] * heads, width // heads).transpose(0, 1)
@@ -669,9 +667,9 @@ class _LRPMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         propagation = self.propagation
-        handler = OPERATIONS.get(func)
         if propagation.suspended or not propagation.started:
             return func(*args, **kwargs)
+        handler = OPERATIONS.get(func)
         if handler is _moves:
             return _moves(propagation, func, args, kwargs)
         if func in _ACCUMULATING:
@@ -721,6 +719,7 @@ def _accumulate(propagation: Propagation, func: Any, args: tuple, kwargs: dict) 
     if func is Tensor.index_add_:
         return target.copy_(total)  # ``target``'s history becomes the sum's
     return total
+
 
 _IN_PLACE_OPERATORS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imatmul__"}
 
