@@ -23,7 +23,7 @@ from ._core.registry import METHODS, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
 from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
 from .models.adapters import TransformerAdapter, logits_of
-from .targets import AnswerSpan, span_attribution
+from .targets import AnswerSpan, NextTokens, span_attribution
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "LRPAttribution",
     "METHODS",
     "MaskLRP",
+    "NextTokens",
     "ParsedSentence",
     "PartialLRP",
     "RawAttention",

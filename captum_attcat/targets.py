@@ -29,9 +29,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AnswerSpan", "span_attribution", "target_positions", "accepts_answer_spans"]
+__all__ = ["AnswerSpan", "NextTokens", "span_attribution", "target_positions", "accepts_answer_spans"]
 
 _PARTS = ("both", "start", "end")
+_SCORES = ("log_prob", "logit")
 
 
 def _positions(value: Any, name: str) -> Tensor:
@@ -132,6 +133,121 @@ class AnswerSpan:
         return scores[rows, start, 0] + scores[rows, end, 1]
 
 
+class NextTokens:
+    r"""Several next-token scores of a causal language model as one attribution target.
+
+    Row ``t`` explains token ``token_ids[t]`` predicted at ``positions[t]`` (the logits of a causal
+    LM at position ``p`` score the token at ``p + 1``) as if the sequence ended at ``positions[t]``:
+    a causal model's scores there depend on no later token, so every row shares one forward
+    pass of the whole sequence, and each costs one backward pass. Later tokens are hidden from
+    the row's explanation (they score 0 and count neither as query rows nor as real tokens),
+    so row ``t`` equals the explanation of the sequence cut after ``positions[t]``.
+
+    Args:
+        positions: the explained positions, ``(n,)`` (every example) or ``(batch, n)``.
+        token_ids: the explained token at each position, same shape.
+        score: ``"log_prob"`` (default): the token's log-softmax probability, what Captum's
+            ``LLMGradientAttribution`` explains; ``"logit"``: its pre-softmax logit.
+
+    Methods given this target return ``(batch, n, seq)`` (``(batch, n, blocks, seq)`` with
+    ``return_layer_scores=True``).
+
+    Example::
+
+        >>> target = NextTokens(positions=[4, 5, 6], token_ids=ids[0, 5:8])   # tokens 5..7 given 0..4, 0..5, 0..6
+        >>> AttCAT(lm).attribute(ids, target=target).shape
+        torch.Size([1, 3, 8])
+    """
+
+    def __init__(self, positions: Any, token_ids: Any, score: str = "log_prob") -> None:
+        self.positions = _index_grid(positions, "positions")
+        self.token_ids = _index_grid(token_ids, "token_ids")
+        if self.positions.shape != self.token_ids.shape:
+            raise ValueError(f"NextTokens `positions` {tuple(self.positions.shape)} and `token_ids` "
+                             f"{tuple(self.token_ids.shape)} differ in shape")
+        if score not in _SCORES:
+            raise ValueError(f"NextTokens `score` must be one of {_SCORES}; got {score!r}")
+        self.score = score
+
+    def __repr__(self) -> str:
+        return f"NextTokens(positions={self.positions.tolist()}, token_ids={self.token_ids.tolist()}, score={self.score!r})"
+
+    def __len__(self) -> int:
+        """The number of explained tokens per example."""
+        return self.positions.shape[-1]
+
+    def for_batch(self, inputs: Tensor, attention_mask: Tensor | None = None) -> "NextTokens":
+        """This target with one row of positions per example of ``inputs`` (a 1-D one is
+        repeated), checked to be inside the sequence and on real tokens."""
+        batch, seq = inputs.shape[:2]
+        positions, token_ids = self.positions, self.token_ids
+        if positions.dim() == 1:
+            positions, token_ids = positions.expand(batch, -1), token_ids.expand(batch, -1)
+        if positions.shape[0] != batch:
+            raise ValueError(f"NextTokens has {positions.shape[0]} rows of positions for a batch of {batch} examples")
+        outside = ((positions < 0) | (positions >= seq)).nonzero()
+        if len(outside):
+            i, t = (int(v) for v in outside[0])
+            raise ValueError(f"NextTokens position {int(positions[i, t])} (example {i}) is outside the sequence "
+                             f"of {seq} tokens")
+        if attention_mask is not None:
+            real = attention_mask.detach().to("cpu").gather(1, positions) != 0
+            if not bool(real.all()):
+                i, t = (int(v) for v in (~real).nonzero()[0])
+                raise ValueError(f"NextTokens position {int(positions[i, t])} (example {i}) is a padding position")
+        return NextTokens(positions.clone(), token_ids.clone(), self.score)
+
+    def visible(self, attention_mask: Tensor | None, seq: int, device: Any = None) -> Tensor:
+        """``(batch * n, seq)`` float, example-major: the real tokens each row sees (those up to
+        its position)."""
+        batch, n = self.positions.shape
+        mask = torch.ones(batch, seq, device=device) if attention_mask is None else \
+            attention_mask.to(device, torch.float32)
+        upto = torch.arange(seq, device=device) <= self.positions.to(device)[..., None]  # (batch, n, seq)
+        return (mask[:, None] * upto).flatten(0, 1)
+
+    def select(self, scores: Tensor) -> Tensor:
+        """``(batch, n)``: the explained score of every row, from a causal LM's ``(batch, seq, vocab)``
+        logits (log-softmax over the vocabulary first for ``score="log_prob"``)."""
+        if scores.dim() != 3:
+            raise ValueError(f"NextTokens explains a causal language model, whose scores are (batch, seq, vocab); "
+                             f"the model's scores are {tuple(scores.shape)}")
+        batch, seq, vocab = scores.shape
+        target = self.for_batch(scores[..., 0]) if self.positions.dim() == 1 else self
+        if target.positions.shape[0] != batch:
+            raise ValueError(f"NextTokens has {target.positions.shape[0]} rows of positions for a batch of {batch}")
+        bad = ((target.token_ids < 0) | (target.token_ids >= vocab)).nonzero()
+        if len(bad):
+            raise ValueError(f"NextTokens token id {int(target.token_ids[tuple(bad[0])])} is out of range: the model "
+                             f"has {vocab} scores per token")
+        rows = torch.arange(batch, device=scores.device)[:, None]
+        logits = scores[rows, target.positions.to(scores.device)]  # (batch, n, vocab)
+        if self.score == "log_prob":
+            logits = torch.log_softmax(logits, dim=-1)
+        return logits.gather(-1, target.token_ids.to(scores.device)[..., None])[..., 0]
+
+
+def _ints(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and bool(value) and \
+        all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _index_grid(value: Any, name: str) -> Tensor:
+    """Integer indices as a ``(n,)`` or ``(batch, n)`` int64 CPU tensor."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"NextTokens `{name}` must be integers; got a {value.dtype} tensor")
+        value = value.detach().to("cpu", torch.long)
+    elif _ints(value) or (isinstance(value, Sequence) and not isinstance(value, str) and all(_ints(v) for v in value)):
+        value = torch.tensor([list(v) for v in value] if not _ints(value) else list(value))
+    else:
+        raise TypeError(f"NextTokens `{name}` must be integers (a list of ints, one list per example, or an integer "
+                        f"tensor); got {type(value).__name__} {value!r}"[:200])
+    if value.dim() not in (1, 2) or value.shape[-1] == 0:
+        raise ValueError(f"NextTokens `{name}` must be (n,) or (batch, n) with n > 0; got shape {tuple(value.shape)}")
+    return value
+
+
 def _as_tuple(additional_forward_args: Any) -> tuple | None:
     if additional_forward_args is None or isinstance(additional_forward_args, tuple):
         return additional_forward_args
@@ -187,13 +303,16 @@ def span_attribution(
 
 def target_positions(target: Any, batch: int, device: Any = None) -> Tensor | None:
     """The explained token of each example for a position target (a ``(position, index)`` tuple
-    or a list of them), ``None`` for any other target.
+    or a list of them; a :class:`NextTokens` target's positions, flattened), ``None`` for any
+    other target.
 
     Example::
 
         >>> target_positions([(14, 0), (9, 0)], 2)
         tensor([14,  9])
     """
+    if isinstance(target, NextTokens):
+        return target.positions.flatten().to(device)
     if isinstance(target, tuple) and target and isinstance(target[0], int):
         return torch.full((batch,), int(target[0]), dtype=torch.long, device=device)
     if isinstance(target, list) and target and all(isinstance(t, tuple) and t for t in target):
@@ -203,18 +322,22 @@ def target_positions(target: Any, batch: int, device: Any = None) -> Tensor | No
 
 def accepts_answer_spans(attribute: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Decorate a method's ``attribute(self, inputs, target, additional_forward_args, **kwargs)``
-    so that an :class:`AnswerSpan` target is explained: in one pass when the method is linear
-    in the explained score (class attribute ``linear_in_target``: the sum of two attributions
+    so that a :class:`NextTokens` target gives ``(batch, n, ...)`` and an :class:`AnswerSpan`
+    target is explained: in one pass when the method is linear in the explained score (class attribute ``linear_in_target``: the sum of two attributions
     is the attribution of the summed scores), else through :func:`span_attribution`."""
 
     @functools.wraps(attribute)
     def wrapper(self: Any, inputs: Any, target: Any = None, additional_forward_args: Any = None, **kwargs: Any
                 ) -> Tensor:
-        if not isinstance(target, AnswerSpan):
+        if not isinstance(target, (AnswerSpan, NextTokens)):
             return attribute(self, inputs, target, additional_forward_args, **kwargs)
         from ._utils.validation import check_token_inputs
 
         inputs = check_token_inputs(inputs)
+        if isinstance(target, NextTokens):  # one row per explained token, sharing one forward
+            target = target.for_batch(inputs, _attention_mask(_as_tuple(additional_forward_args)))
+            scores = attribute(self, inputs, target, additional_forward_args, **kwargs)
+            return scores.view(inputs.shape[0], len(target), *scores.shape[1:])
         if target.part == "both" and getattr(self, "linear_in_target", False):
             span = target.for_batch(inputs, _attention_mask(_as_tuple(additional_forward_args)))
             return attribute(self, inputs, span, additional_forward_args, **kwargs)

@@ -40,7 +40,7 @@ from .._utils.validation import (
     check_token_mask,
 )
 from ..models.adapters import TransformerAdapter, logits_of
-from ..targets import AnswerSpan, accepts_answer_spans, target_positions
+from ..targets import AnswerSpan, NextTokens, accepts_answer_spans, target_positions
 from .maps import cls_row
 
 
@@ -57,6 +57,9 @@ class GradientPass:
         attentions: attention probabilities ``(batch, heads, queries, keys)`` (detached).
         attention_grads: gradients w.r.t. ``attentions``, if asked for.
         tokens: the length of the blocks' sequence (the inputs' for text; [CLS] + patches for images).
+        visible: for a :class:`~captum_attcat.NextTokens` target, ``(batch * n, seq)``: what each
+            explained token sees (the per-block lists and ``attention_mask`` then hold one row per
+            explained token, example-major; ``inputs`` stay ``(batch, ...)``), else ``None``.
     """
 
     inputs: Tensor
@@ -67,6 +70,7 @@ class GradientPass:
     attentions: list[Tensor] = field(default_factory=list)
     attention_grads: list[Tensor] = field(default_factory=list)
     tokens: int = 0
+    visible: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -116,13 +120,39 @@ def query_rows(run: GradientPass, query_mask: Tensor | None = None) -> Tensor:
             query_mask = torch.ones(run.inputs.shape[0], run.tokens, device=run.inputs.device)
     else:
         check_query_mask(query_mask, run.inputs)
+        if run.visible is not None:  # one row per explained token, each seeing the tokens up to it
+            query_mask = spread(query_mask.to(run.visible), run.visible.shape[0] // query_mask.shape[0]) * run.visible
+            if not bool(query_mask.sum(1).all()):
+                raise ValueError("the query mask selects no query row up to one of the explained positions")
     return query_mask.to(run.inputs.device, torch.float32)
+
+
+def spread(tensor: Tensor, times: int) -> Tensor:
+    """``(batch, ...) -> (batch * times, ...)``, each example repeated ``times`` times in a row
+    (a view for one example)."""
+    if times == 1:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(times, *tensor.shape[1:])
+    return tensor.repeat_interleave(times, 0)
+
+
+def per_target(backward: Callable[[Tensor, bool], Sequence[Tensor]], scores: Tensor) -> list[Tensor]:
+    """``backward(scores, retain_graph=False)`` for ``(batch,)`` scores. For the ``(batch, n)``
+    scores of a :class:`~captum_attcat.NextTokens` target, one backward per explained token on
+    the graph of the one forward, the results stacked as ``(batch * n, ...)``, example-major."""
+    if scores.dim() == 1:
+        return list(backward(scores, False))
+    n = scores.shape[1]
+    results = [backward(scores[:, t], t < n - 1) for t in range(n)]
+    return [torch.stack(parts, 1).flatten(0, 1) for parts in zip(*results)]
 
 
 def explained_scores(output: Tensor, target: TargetType) -> Tensor:
     """The ``(batch,)`` scores that ``target`` selects from ``output`` (checked first); an
-    :class:`~captum_attcat.AnswerSpan` selects the sum of its start and end logits."""
-    if isinstance(target, AnswerSpan):
+    :class:`~captum_attcat.AnswerSpan` selects the sum of its start and end logits, a
+    :class:`~captum_attcat.NextTokens` target ``(batch, n)`` scores."""
+    if isinstance(target, (AnswerSpan, NextTokens)):  # (batch,) and (batch, n)
         return target.select(output)
     check_target(target, output)
     scores = _select_targets(output, target)
@@ -217,6 +247,12 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
         output, attentions = attention_maps(self.adapter, inputs, *args)
         check_aligned([], attentions, inputs.shape[0])
+        if isinstance(target, NextTokens):  # one row per explained token: what it sees
+            target.select(logits_of(output))
+            visible = target.visible(attention_mask, attentions[0].shape[-1], inputs.device)
+            return GradientPass(inputs, visible, scores=inputs.new_empty(0, dtype=torch.float32),
+                                attentions=[spread(a, len(target)) for a in attentions],
+                                tokens=attentions[0].shape[-1], visible=visible)
         if target is not None:
             check_target(target, logits_of(output))
         return GradientPass(inputs, attention_mask, scores=inputs.new_empty(0, dtype=torch.float32),
@@ -261,21 +297,27 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                     wrt = states.captured() if block_inputs is not None else []
                     if attention_grads:
                         wrt += recorder.captured()
-                    grads = list(torch.autograd.grad(scores.sum(), wrt)) if wrt else []
+                    grads = per_target(lambda s, retain: torch.autograd.grad(s.sum(), wrt, retain_graph=retain),
+                                       scores) if wrt else []
             finally:
                 for handle in handles:
                     handle.remove()
                 states.remove()
         kept = states.tensors if block_inputs is not None else []
         n_states = len(kept)
+        tokens = states.tensors[0].shape[1]  # type: ignore[union-attr]
+        times, visible = 1, None
+        if isinstance(target, NextTokens):  # one row per explained token, sharing the forward's values
+            times, visible = len(target), target.visible(attention_mask, tokens, inputs.device)
         return GradientPass(
             inputs=inputs,
-            attention_mask=attention_mask,
-            scores=scores.detach(),
-            states=[s.detach() for s in kept],  # type: ignore[union-attr]
+            attention_mask=attention_mask if visible is None else visible,
+            scores=scores.detach().flatten(),
+            states=[spread(s.detach(), times) for s in kept],  # type: ignore[union-attr]
             state_grads=grads[:n_states],
-            attentions=[a.detach() for a in recorder.captured()] if attention else [],
+            attentions=[spread(a.detach(), times) for a in recorder.captured()] if attention else [],
             attention_grads=grads[n_states:],
-            tokens=states.tensors[0].shape[1],  # type: ignore[union-attr]
+            tokens=tokens,
+            visible=visible,
         )
 

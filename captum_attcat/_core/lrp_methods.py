@@ -36,7 +36,8 @@ from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
 from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules, routing_modules
 from ..lrp.rules import LRPRules
-from .base import TransformerAttribution, check_aligned, explained_scores
+from ..targets import NextTokens
+from .base import TransformerAttribution, check_aligned, explained_scores, per_target, spread
 from .maps import positive_head_mean, rollout, token_mask_of, wide
 from .registry import register_method
 
@@ -165,9 +166,24 @@ class LRPAttribution(TransformerAttribution):
                                   inputs.shape[0])
                     scores = explained_scores(output, target)
                     attentions = [recorder.captured()[b] for b in blocks]
-                    grads = propagation.gradients(scores, attentions, retain_graph=True) if attention_grads else []
                     wrt = attentions + (states.captured() if input_relevance else [])
-                    relevance = propagation.relevance(scores, wrt) if wrt else []
+                    received = getattr(recorder, "received", None)  # what MaskLRP's masked products record
+                    kept: list[list] = []
+
+                    def explain_one(score: Tensor, retain: bool) -> list[Tensor]:
+                        grads = propagation.gradients(score, attentions, retain_graph=True) if attention_grads else []
+                        relevance = propagation.relevance(score, wrt, retain_graph=retain) if wrt else []
+                        if received is not None:
+                            kept.append(list(received))
+                        return [*grads, *relevance]
+
+                    results = per_target(explain_one, scores)
+                    n_grads = len(attentions) if attention_grads else 0
+                    grads, relevance = results[:n_grads], results[n_grads:]
+                    if received is not None and scores.dim() == 2:  # per explained token, as the rest
+                        received[:] = [None if any(k[b] is None for k in kept)
+                                       else torch.stack([k[b] for k in kept], 1).flatten(0, 1)
+                                       for b in range(len(received))]
                     cut = [b for b, r in zip(blocks, relevance) if not r.count_nonzero()]
                     if cut and scores.count_nonzero() and not self.relevance_may_vanish:
                         raise RuntimeError(
@@ -180,12 +196,16 @@ class LRPAttribution(TransformerAttribution):
                 states.remove()
                 for module, backward, backward_pre in hooks:
                     module._backward_hooks, module._backward_pre_hooks = backward, backward_pre
+        tokens = states.tensors[0].shape[1]  # type: ignore[union-attr]
+        times, token_mask = 1, token_mask_of(attention_mask, inputs, tokens)
+        if isinstance(target, NextTokens):  # one row per explained token: what it sees
+            times, token_mask = len(target), target.visible(attention_mask, tokens, inputs.device)
         return RelevancePass(
             inputs=inputs,
-            token_mask=token_mask_of(attention_mask, inputs, states.tensors[0].shape[1]),  # type: ignore[union-attr]
-            scores=scores.detach(),
+            token_mask=token_mask,
+            scores=scores.detach().flatten(),
             blocks=blocks,
-            attentions=[a.detach() for a in attentions],
+            attentions=[spread(a.detach(), times) for a in attentions],
             attention_grads=list(grads),
             attention_relevance=relevance[: len(blocks)],
             input_relevance=relevance[len(blocks)] if input_relevance else None,
