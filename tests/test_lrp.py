@@ -21,6 +21,7 @@ from captum_attcat.lrp import (
 )
 
 from conftest import padded_batch, tiny_bert, tiny_model
+from captum_attcat.lrp.rules import same_bits
 
 LRP_METHODS = [TransformerLRP, PartialLRP, TransAtt]
 
@@ -461,3 +462,19 @@ def test_an_activation_module_is_one_elementwise_operation():
     torch.testing.assert_close(grad, expected)
     (relevance,) = propagation.relevance((y * 2).sum(), [x])
     torch.testing.assert_close(relevance, torch.full_like(x, 2.0))  # identity rule
+
+
+def test_same_bits_compares_every_bit():
+    """The weight-cache check: equal bits only (a one-ulp change, a sign of zero, NaN payloads alike)."""
+    weight = torch.randn(7, 5)
+    assert same_bits(weight, weight.clone())
+    assert same_bits(weight.t(), weight.clone().t())  # strided views too
+    changed = weight.clone()
+    changed[3, 2] = torch.nextafter(changed[3, 2], torch.tensor(10.0))
+    assert not same_bits(weight, changed)
+    assert not same_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert same_bits(torch.tensor([float("nan")]), torch.tensor([float("nan")]))
+    assert not same_bits(weight, weight.double())
+    assert not same_bits(weight, weight[:6])
+    half = weight.to(torch.bfloat16)
+    assert same_bits(half, half.clone()) and not same_bits(half, (half * 2).clone())

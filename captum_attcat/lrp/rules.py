@@ -35,6 +35,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -66,6 +67,26 @@ def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STAB
     else:
         quotient = numerator / stabilized
     return quotient.masked_fill_(zero, 0)
+
+
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same bits (NaNs and signed zeros included), read once:
+    on the CPU by NumPy's vectorised comparison of integer views, elsewhere by ``torch.equal``.
+
+    Example::
+
+        >>> same_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
+        False
+    """
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
+    if bits is None or a.is_complex():
+        return torch.equal(a, b)
+    a, b = a.view(bits), b.view(bits)
+    if a.device.type == "cpu":
+        return bool(np.array_equal(a.numpy(), b.numpy()))
+    return torch.equal(a, b)
 
 
 def _wide(tensor: Tensor) -> Tensor:
@@ -113,20 +134,20 @@ class AlphaBetaRule(LinearRule):
         if alpha - beta != 1:
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.stabilizer, self.signed = alpha, beta, stabilizer, signed
-        self._splits: dict[int, tuple[weakref.ref, Tensor, Tensor]] = {}
+        self._splits: dict[int, tuple[weakref.ref, Tensor, tuple[Tensor, Tensor]]] = {}
         self._lock = threading.Lock()
 
-    def _split(self, weight: Tensor) -> Tensor:
-        """``[2 W+, 2 W-, |W|]`` ``(out, 3 in)`` in float32 or wider, cached per weight tensor
-        and recomputed whenever the weight's values differ from the cached copy."""
+    def _split(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """``[2 W+, 2 W-]`` ``(out, 2 in)`` (contiguous, as the product wants it) and ``|W|`` ``(out, in)`` in float32 or wider, cached per
+        weight tensor and recomputed whenever the weight's bits differ from the cached copy."""
         key = id(weight)
         with self._lock:
             cached = self._splits.get(key)
         values = weight.detach()
-        if cached is not None and cached[0]() is weight and torch.equal(cached[1], values):
+        if cached is not None and cached[0]() is weight and same_bits(values, cached[1]):
             return cached[2]
         wide = _wide(values)
-        split = torch.cat([wide.clamp(min=0).mul_(2), wide.clamp(max=0).mul_(2), wide.abs()], dim=1)
+        split = (torch.cat([wide.clamp(min=0).mul_(2), wide.clamp(max=0).mul_(2)], dim=1), wide.abs())
         with self._lock:
             if cached is None:
                 weakref.finalize(weight, self._splits.pop, key, None)
@@ -134,9 +155,8 @@ class AlphaBetaRule(LinearRule):
         return split
 
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
-        split = self._split(weight)
+        twice_signs, abs_w = self._split(weight)
         n = weight.shape[1]
-        twice_signs, abs_w = split[:, : 2 * n], split[:, 2 * n :]
         x, relevance = _wide(x), _wide(relevance)
         buffer = x.abs()
         # (x W^T + b) + (|x| |W|^T - b) = 2 z+  and  (x W^T + b) - (|x| |W|^T - b) - 2 b = 2 z-
