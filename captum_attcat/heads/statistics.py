@@ -14,6 +14,14 @@ statistics follow:
 
 Words are aligned to word pieces with the fast tokenizer's ``word_ids()``.
 
+Causal models (decoders, where a query sees only itself and earlier keys) are measured on what
+they can see: the first token of a sentence, which sees only itself, is no query (offsets are
+then 0 or negative, e.g. -1 for a previous-token head); and a dependency is looked up from the
+later of its two words: the dependent's first word piece looks for its governor when the
+governor comes first, the governor's first word piece looks for its dependent otherwise (as an
+encoder's dependent would find a later governor). ``lambda_k`` is measured on the same pairs.
+Positional and syntactic heads are then defined by the same thresholds as for encoders.
+
 Example::
 
     >>> stats = head_statistics(model, tokenizer, read_conllu("en_ewt-ud-dev.conllu"))
@@ -47,7 +55,8 @@ class HeadStatistics:
             counts queries whose argmax key is ``o`` positions away.
         queries: number of query word pieces counted (the same for every head).
         relation_hits: per relation, ``(blocks, heads)`` dependents whose argmax
-            lands on their governor.
+            lands on their governor (for a causal model: the later word of the pair whose
+            argmax lands on the earlier one).
         relation_counts: per relation, the number of dependents counted.
         offset_hits: per relation, ``(2 * max_offset + 1,)`` dependents whose
             governor lies at each fixed offset from them.
@@ -61,6 +70,8 @@ class HeadStatistics:
     offset_hits: dict[str, np.ndarray]
     max_offset: int
     relations: tuple[str, ...] = field(default=RELATIONS)
+    #: whether the model's attention is causal (see the module notes for what is counted then)
+    causal: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -176,11 +187,12 @@ def head_statistics(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="head statistics", unit="batch")
+    causal = adapter.causal
     for start in batches:
         batch = [sentences[i] for i in order[start : start + batch_size]]
         encoded = tokenizer(
             [list(s.words) for s in batch], is_split_into_words=True, truncation=True,
-            max_length=max_length, padding=True, return_tensors="pt",
+            max_length=max_length, padding=True, padding_side="right", return_tensors="pt",
         )
         _, maps = attention_maps(adapter, encoded["input_ids"], encoded["attention_mask"])
         argmax = torch.stack([m.argmax(-1) for m in maps]).cpu()  # (blocks, batch, heads, queries), counted on the CPU
@@ -192,6 +204,8 @@ def head_statistics(
         # relative offsets of the argmax key, over real word pieces
         word_ids = [encoded.word_ids(i) for i in range(len(batch))]
         is_word = torch.tensor([[w is not None for w in ids] for ids in word_ids])  # (batch, queries)
+        if causal:  # the first token sees only itself: no query
+            is_word[:, 0] = False
         offsets = (argmax - torch.arange(width)).clamp(-max_offset, max_offset) + max_offset
         cell = torch.arange(blocks * heads).view(blocks, 1, heads, 1) * n_bins
         picked = (cell + offsets)[is_word[None, :, None, :].expand_as(offsets)]
@@ -209,10 +223,12 @@ def head_statistics(
                     continue
                 if spans[word, 0] < 0 or spans[governor, 0] < 0:
                     continue  # truncated away
+                # the query is the dependent, or for a causal model the later word of the pair
+                asking, found = (governor, word) if causal and spans[governor, 0] > spans[word, 0] else (word, governor)
                 rows.append(row)
-                query.append(spans[word, 0])
-                low.append(spans[governor, 0])
-                high.append(spans[governor, 1])
+                query.append(spans[asking, 0])
+                low.append(spans[found, 0])
+                high.append(spans[found, 1])
                 kind.append(relation_index[relation])
         if not rows:
             continue
@@ -237,4 +253,5 @@ def head_statistics(
         offset_hits={r: offset_hits[i] for i, r in enumerate(relations)},
         max_offset=max_offset,
         relations=tuple(relations),
+        causal=causal,
     )
