@@ -28,7 +28,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import captum
 import torch
@@ -44,15 +44,16 @@ WORDS = ("good great fine bad awful dull movie film plot acting the a is was not
          "fun boring , . ! it this").split()
 
 
-def word_tokenizer(size: int = 100) -> transformers.PreTrainedTokenizerFast:
-    """A fast word-level tokenizer of ``size`` entries (``<pad> <s> </s> <unk>``, English words,
-    then ``w0 w1 ...``), splitting on whitespace and punctuation and starting every text with ``<s>``
-    as Llama's tokenizer does: ids 0-3 are pad, bos, eos, unk."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+def word_tokenizer(size: int = 100, words: Sequence[str] = WORDS) -> transformers.PreTrainedTokenizerFast:
+    """A fast word-level tokenizer of ``size`` entries (``<pad> <s> </s> <unk>``, ``words``
+    (lower-case), then ``w0 w1 ...``), lower-casing, splitting on whitespace and punctuation and
+    starting every text with ``<s>`` as Llama's tokenizer does: ids 0-3 are pad, bos, eos, unk."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    names = ["<pad>", "<s>", "</s>", "<unk>", *WORDS]
+    names = ["<pad>", "<s>", "</s>", "<unk>", *dict.fromkeys(words)][:size]
     names += [f"w{i}" for i in range(size - len(names))]
     backend = Tokenizer(models.WordLevel({name: i for i, name in enumerate(names)}, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces

@@ -7,11 +7,16 @@ explains every response token given the prompt and the response tokens before it
 Captum's own ``LLMAttributionResult`` (``seq_attr``, ``token_attr``, ``plot_token_attr``,
 ``plot_seq_attr``).
 
-What is explained: by default the log-probability of each response token (log-softmax of its
-logits), what Captum's ``LLMGradientAttribution`` explains; ``score="logit"`` explains the
-pre-softmax logit instead. For the LRP methods, relevance then starts at the logits as
-``d log p(token) / d logits = onehot(token) - p`` (``1 - p`` at the token, ``-p_v`` at every other
-one: the contrastive start of softmax-gradient LRP), which sums to 0 over the vocabulary.
+What is explained (``score``): for the gradient and attention methods (CAT, AttCAT, GAE, ...)
+by default the log-probability of each response token (the log-softmax of its logits), what
+Captum's ``LLMGradientAttribution`` explains, so CAT's first term is Captum's gradient x input on
+the embeddings; for the LRP methods (TransAtt, MaskLRP, PartialLRP, TransformerLRP) by default
+the pre-softmax logit, where LRP's relevance starts as 1.0. Either can be asked for with
+``score="log_prob"`` or ``"logit"``. For an LRP method, ``"log_prob"`` starts the relevance at the
+logits as ``d log p(token) / d logits = onehot(token) - p`` (``1 - p`` at the token, ``-p_v`` at
+every other one, as softmax-gradient LRP does), which sums to 0 and mostly cancels on its way
+down: on a small trained Llama TransAtt's attention maps shrank to about 1e-11, leaving its
+rollout the identity, hence the logit default.
 
 Cost: the prompt and the whole response go through the model once; since a causal model's
 scores at a position depend on no later token, each response token then costs one backward
@@ -43,6 +48,7 @@ from captum.attr._utils.interpretable_input import InterpretableInput, TextTempl
 from torch import Tensor
 
 from ._core.base import TransformerAttribution
+from ._core.lrp_methods import LRPAttribution
 from .targets import NextTokens
 
 __all__ = ["LLMTransformerAttribution", "template_features"]
@@ -97,7 +103,7 @@ class LLMTransformerAttribution(BaseLLMAttribution):
         inp: InterpretableInput | Sequence[InterpretableInput],
         target: str | Tensor | Sequence[int] | None | Sequence[Any] = None,
         gen_args: dict[str, Any] | None = None,
-        score: str = "log_prob",
+        score: str | None = None,
         **kwargs: Any,
     ) -> LLMAttributionResult | list[LLMAttributionResult]:
         r"""
@@ -110,7 +116,9 @@ class LLMTransformerAttribution(BaseLLMAttribution):
                 ``None`` to generate it with ``gen_args`` as Captum does (greedy, 25 new tokens
                 by default); a list with one per prompt for a list of prompts.
             gen_args: keyword arguments of ``model.generate`` (only when ``target`` is None).
-            score: ``"log_prob"`` (default, as Captum's ``LLMGradientAttribution``) or ``"logit"``.
+            score: ``"log_prob"`` (as Captum's ``LLMGradientAttribution``) or ``"logit"``; by
+                default ``"logit"`` for the LRP methods (:class:`~captum_attcat.LRPAttribution`,
+                whose relevance starts at a logit) and ``"log_prob"`` for the others.
             **kwargs: further arguments of the method's ``attribute`` (e.g. ``start_layer``).
 
         Returns:
@@ -139,6 +147,8 @@ class LLMTransformerAttribution(BaseLLMAttribution):
             raise ValueError("`gen_args` are for generating the response: pass them only when `target` is None")
         if gen_args is not None and not isinstance(gen_args, dict):
             raise TypeError(f"`gen_args` must be a dict of model.generate arguments; got {type(gen_args).__name__}")
+        if score is None:
+            score = "logit" if isinstance(self.attr_method, LRPAttribution) else "log_prob"
         if score not in _SCORES:
             raise ValueError(f"`score` must be one of {_SCORES}; got {score!r}")
         if kwargs.get("return_layer_scores"):

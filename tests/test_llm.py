@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from captum.attr import LayerGradientXActivation, LLMGradientAttribution, TextTemplateInput, TextTokenInput
@@ -78,6 +80,16 @@ def test_result_equals_a_loop_of_single_token_calls(family, method, score, token
     expected = loop_of_single_calls(explainer, prompt.inp_tensor[0], response, score)
     close(result.token_attr, expected)
     torch.testing.assert_close(result.seq_attr, result.token_attr.sum(0))
+
+
+@pytest.mark.parametrize("method, default", [("AttCAT", "log_prob"), ("TransAtt", "logit"), ("MaskLRP", "logit")])
+def test_the_default_score_is_the_log_probability_for_gradients_and_the_logit_for_lrp(method, default, tokenizer):
+    wrapper = LLMTransformerAttribution(make(method, causal_lm("Llama")), tokenizer)
+    prompt = TextTokenInput(PROMPT, tokenizer)
+    by_default = wrapper.attribute(prompt, target=RESPONSE).token_attr
+    other = {"log_prob": "logit", "logit": "log_prob"}[default]
+    torch.testing.assert_close(by_default, wrapper.attribute(prompt, target=RESPONSE, score=default).token_attr)
+    assert (by_default - wrapper.attribute(prompt, target=RESPONSE, score=other).token_attr).abs().max() > 1e-6
 
 
 def test_log_probability_is_what_captums_llm_gradient_attribution_explains(tokenizer):
@@ -229,3 +241,142 @@ def test_bad_arguments_are_refused_by_name(tokenizer):
         wrapper.attribute(prompt, target=torch.tensor([5, 100]))
     with pytest.raises(ValueError, match="return_layer_scores"):
         wrapper.attribute(prompt, target=RESPONSE, return_layer_scores=True)
+
+
+# --- head statistics of causal models (Mask-LRP on decoders) --------------------------------
+
+
+class CausalPatternAttention(torch.nn.Module):
+    """Causal attention with two heads: head 0 attends to the previous word piece; head 1 from a
+    dependent's first piece to its governor's first piece when the governor comes first, else to
+    position 0."""
+
+    is_causal = True
+
+    def __init__(self, governor_of: dict) -> None:
+        super().__init__()
+        self.governor_of = governor_of
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch, width = input_ids.shape
+        probs = torch.zeros(batch, 2, width, width)
+        for row in range(batch):
+            links = self.governor_of[tuple(input_ids[row, : int(attention_mask[row].sum())].tolist())]
+            for query in range(width):
+                probs[row, 0, query, max(query - 1, 0)] = 1.0
+                governor = links.get(query, 0)
+                probs[row, 1, query, governor if governor < query else 0] = 1.0
+        return probs
+
+
+def test_causal_head_statistics_look_from_the_later_word_of_each_dependency():
+    from test_heads import CORPUS, PatternModel, _first_pieces
+    from transformers import BertTokenizerFast
+
+    from captum_attcat import HeadMask, head_statistics
+    from captum_attcat.heads import parse_conllu
+    from conftest import SHARED
+
+    tokenizer = BertTokenizerFast(str(SHARED / "data" / "bert_base_uncased_vocab" / "vocab.txt"))
+    sentences = list(parse_conllu(CORPUS))
+    governor_of = {}
+    for sentence in sentences:
+        ids = tuple(tokenizer(list(sentence.words), is_split_into_words=True)["input_ids"])
+        first = _first_pieces(tokenizer, sentence.words)
+        governor_of[ids] = {first[w]: first[g] for w, g in enumerate(sentence.governors) if g >= 0}
+    model = PatternModel(governor_of)
+    model.attention = CausalPatternAttention(governor_of)
+    stats = head_statistics(model, tokenizer, sentences, batch_size=3, layers=[model.attention],
+                            attention_modules=[model.attention], progress=False)
+    assert stats.causal
+    # every pair is looked up from its later word: nsubj dog<-barked -1, she<-ate -1, he<-read -2;
+    # amod big<-dog -1, red<-apples -1, [gr ##ump ##iest]<-book -3..-1, tall<-gr -1; advmod
+    # loudly->barked -1, quickly<-read -1; obj apples->ate -2, book->read -5
+    assert stats.relation_counts == {"nsubj": 3, "obj": 2, "amod": 4, "advmod": 2}
+    assert stats.baseline("nsubj") == pytest.approx(2 / 3) and stats.best_offset("nsubj") == -1
+    assert stats.baseline("amod") == 1.0 and stats.best_offset("amod") == -1
+    assert stats.baseline("advmod") == 1.0 and stats.baseline("obj") == 0.5
+    assert stats.offset_counts[..., stats.max_offset + 1:].sum() == 0  # nothing later is visible
+    assert stats.positional_share()[0, 0] == 1.0
+    # head 1 finds loudly->barked, apples->ate and book->read, looked up from the dependent
+    assert stats.alpha("obj")[0, 1] == 1.0 and stats.alpha("advmod")[0, 1] == 0.5
+    assert stats.alpha("nsubj")[0, 1] == 0.0 and stats.alpha("amod")[0, 1] == 0.0
+    mask = HeadMask.from_statistics(stats)
+    assert mask.positional.tolist() == [[True, False]] and mask.syntactic.tolist() == [[False, True]]
+
+
+def test_causal_head_statistics_of_a_llama_count_what_its_attention_shows(tokenizer):
+    """Offsets of every query's argmax key, recounted from the model's attention maps one sentence at
+    a time: the first token is no query, and nothing later than the query is ever the argmax."""
+    from captum_attcat import head_statistics, read_conllu
+    from captum_attcat._utils.forward import attention_maps
+    from conftest import SHARED
+
+    model = causal_lm("Llama")
+    sentences = read_conllu(SHARED / "data" / "ud_english_ewt" / "en_ewt-ud-dev.conllu")[:10]
+    stats = head_statistics(model, tokenizer, sentences, batch_size=4, progress=False)
+    adapter = TransformerAdapter.from_model(model)
+    counts = torch.zeros(2, 4, 2 * stats.max_offset + 1, dtype=torch.long)
+    queries = 0
+    for sentence in sentences:
+        encoded = tokenizer(list(sentence.words), is_split_into_words=True, return_tensors="pt")
+        words = [w is not None for w in encoded.word_ids()]
+        _, maps = attention_maps(adapter, encoded["input_ids"], encoded["attention_mask"])
+        for query in range(1, len(words)):
+            if not words[query]:
+                continue
+            queries += 1
+            for block, probs in enumerate(maps):
+                for head in range(4):
+                    counts[block, head, int(probs[0, head, query].argmax()) - query + stats.max_offset] += 1
+    assert stats.queries == queries
+    np.testing.assert_array_equal(stats.offset_counts, counts.numpy())
+    assert stats.causal and stats.offset_counts[..., stats.max_offset + 1:].sum() == 0
+
+
+# --- the notebook -------------------------------------------------------------------------------
+
+
+NOTEBOOK = "explain_generation.ipynb"
+
+
+def _notebook_text(notebook) -> tuple[str, int]:
+    texts, images = [], 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            assert output.get("output_type") != "error", output
+            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                texts.append(output["text"])
+            images += "image/png" in output.get("data", {})
+    return "\n".join(texts), images
+
+
+def _check_notebook_outputs(notebook) -> None:
+    text, images = _notebook_text(notebook)
+    assert "tiny Llama trained in this notebook" in text and "causal: True" in text
+    for name in ("AttCAT", "TransAtt", "MaskLRP", "Captum LayerGradientXActivation"):
+        assert f"{name} " in text and "token_attr (6, 8)" in text
+    assert "['the food', 'good'] (6, 2)" in text
+    assert images >= 7  # head mask, four token heatmaps, the seq panels, the template heatmap
+
+
+def test_the_generation_notebook_executes(monkeypatch):
+    import os
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(notebooks.parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    notebook = nbformat.read(notebooks / NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebooks)}}).execute()
+    _check_notebook_outputs(notebook)
+
+
+def test_the_committed_generation_notebook_holds_a_run():
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOK, as_version=4)
+    assert all(c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
+    _check_notebook_outputs(notebook)
