@@ -12,8 +12,9 @@ response of ``--response-len`` tokens (32), each measured once on the same model
 - Captum's ``LLMGradientAttribution(LayerGradientXActivation(model, embeddings))``, which runs
   a forward and a backward of prompt + previous response tokens for every response token.
 
-Every explanation explains the log-probability of each response token. The clock is the
-process's CPU time with one intra-op thread (as ``benchmarks.speed``).
+The floor, Captum's method, AttCAT and CAT explain the log-probability of each response token,
+TransAtt and MaskLRP its logit (the wrapper's defaults). The clock is the process's CPU time with
+one intra-op thread (as ``benchmarks.speed``); each number is one run after one warm-up run.
 
 Usage::
 
@@ -40,6 +41,7 @@ from captum_attcat import CAT, AttCAT, MaskLRP, TransAtt, TransformerAdapter
 from captum_attcat.llm import LLMTransformerAttribution
 
 ARCHITECTURES = ("llama", "gpt2")
+CAPTUM = "Captum LLMGradientAttribution(LayerGradientXActivation)"
 WORDS = ("good great fine bad awful dull movie film plot acting the a is was not very really "
          "fun boring , . ! it this").split()
 
@@ -132,8 +134,7 @@ def measure(architecture: str, prompt_len: int = 32, response_len: int = 32, voc
         wrapper = LLMTransformerAttribution(make(), tokenizer)
         runners[name] = lambda wrapper=wrapper: wrapper.attribute(prompt, target=response)
     captum_llm = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()), tokenizer)
-    runners["Captum LLMGradientAttribution(LayerGradientXActivation)"] = \
-        lambda: captum_llm.attribute(prompt, target=response)
+    runners[CAPTUM] = lambda: captum_llm.attribute(prompt, target=response)
 
     shared_forward_floor(model, ids, prompt_len)  # warm-up
     forward, backward = shared_forward_floor(model, ids, prompt_len)
@@ -144,7 +145,6 @@ def measure(architecture: str, prompt_len: int = 32, response_len: int = 32, voc
         start = time.process_time()
         run()
         seconds[name] = time.process_time() - start
-    captum_name = "Captum LLMGradientAttribution(LayerGradientXActivation)"
     return {
         "architecture": architecture,
         "sizes": dict(vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads),
@@ -156,14 +156,14 @@ def measure(architecture: str, prompt_len: int = 32, response_len: int = 32, voc
         "seconds": seconds,
         "per_token_ms": {name: 1000 * s / response_len for name, s in seconds.items()},
         "ratio_to_floor": {name: s / floor for name, s in seconds.items()},
-        "ratio_to_captum": {name: s / seconds[captum_name] for name, s in seconds.items()},
+        "ratio_to_captum": {name: s / seconds[CAPTUM] for name, s in seconds.items()},
         "per_token_in_backwards": {name: s / response_len / (backward / response_len) for name, s in seconds.items()},
     }
 
 
 def table(results: list[dict]) -> str:
     """A Markdown table of :func:`measure`'s results."""
-    lines = ["| model | method | s | ms per token | x floor | x Captum | backwards per token |",
+    lines = ["| model | method | s | ms per token | x floor | x Captum | per token, in floor backwards |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for result in results:
         model = (f"{result['architecture']} ({result['sizes']['layers']} blocks, hidden {result['sizes']['hidden_size']}, "
@@ -171,7 +171,7 @@ def table(results: list[dict]) -> str:
         floor_ms = 1000 * result["floor_s"] / result["response_len"]
         lines.append(f"| {model} | floor: 1 forward ({1000 * result['floor_forward_s']:.1f} ms) + 1 backward per token "
                      f"({1000 * result['floor_backward_per_token_s']:.2f} ms) | {result['floor_s']:.3f} | "
-                     f"{floor_ms:.2f} | 1.00 | {result['floor_s'] / max(result['seconds'].values()):.2f} | "
+                     f"{floor_ms:.2f} | 1.00 | {result['floor_s'] / result['seconds'][CAPTUM]:.2f} | "
                      f"{result['floor_s'] / result['floor_backward_per_token_s'] / result['response_len']:.2f} |")
         for name, s in result["seconds"].items():
             lines.append(f"| | {name} | {s:.3f} | {result['per_token_ms'][name]:.2f} | "

@@ -380,3 +380,13 @@ def test_the_committed_generation_notebook_holds_a_run():
     notebook = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOK, as_version=4)
     assert all(c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
     _check_notebook_outputs(notebook)
+
+
+def test_the_cost_harness_measures_every_runner():
+    from benchmarks.speed_llm import CAPTUM, measure, table
+
+    result = measure("gpt2", prompt_len=4, response_len=3, vocab_size=100, hidden_size=32, layers=2, heads=4)
+    assert set(result["seconds"]) == {"AttCAT", "CAT", "TransAtt", "MaskLRP", CAPTUM}
+    assert result["ratio_to_captum"][CAPTUM] == 1.0 and all(s > 0 for s in result["seconds"].values())
+    assert result["floor_s"] == pytest.approx(result["floor_forward_s"] + 3 * result["floor_backward_per_token_s"])
+    assert "| | TransAtt |" in table([result])
