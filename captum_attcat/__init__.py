@@ -8,6 +8,8 @@ Example::
 """
 
 from ._core.attcat import CAT, AttCAT
+from ._core.attn_lrp import AttnLRP
+from ._core.contrast_cat import ContrastCAT
 from ._core.attention_baselines import (
     GAE,
     AttentionGradCAM,
@@ -34,7 +36,9 @@ __all__ = [
     "AttentionGradCAM",
     "AttentionGradient",
     "AttentionRollout",
+    "AttnLRP",
     "CAT",
+    "ContrastCAT",
     "GAE",
     "GradSAM",
     "HeadMask",

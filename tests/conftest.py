@@ -130,12 +130,19 @@ def checkered_head_mask(model: torch.nn.Module) -> torch.Tensor:
     return (torch.arange(blocks)[:, None] + torch.arange(num_heads(model))[None]) % 2 == 0
 
 
+def reference_set(model: torch.nn.Module) -> dict:
+    """ContrastCAT's reference set: five padded random sentences, the four of lowest confidence used."""
+    ids, mask = padded_batch([9, 5, 12, 7, 10], pad=model.config.pad_token_id or 0, seed=5)
+    return {"references": ids, "reference_args": (mask,), "n_references": 4}
+
+
 #: constructor arguments of method variants the guarantee tests run besides each method's defaults
 METHOD_VARIANTS: dict[str, dict[str, Callable[[torch.nn.Module], dict]]] = {
     "MaskLRP": {
         "head_mask": lambda model: {"head_mask": checkered_head_mask(model)},
         "renormalize": lambda model: {"head_mask": checkered_head_mask(model), "renormalize": True},
     },
+    "ContrastCAT": {"references": reference_set},
 }
 
 
