@@ -101,6 +101,8 @@ class LRPAttribution(TransformerAttribution):
     #: whether relevance may legitimately reach no attention map (MaskLRP with every head masked);
     #: otherwise a block receiving none means the recorded blocks are not connected to the output
     relevance_may_vanish: bool = False
+    #: whether the pass runs in gradient x input form (:attr:`Propagation.implicit`), as AttnLRP does
+    implicit: bool = False
 
     def __init__(
         self,
@@ -139,7 +141,7 @@ class LRPAttribution(TransformerAttribution):
         adapter = self.adapter
         # the explained input of the engine: the first block's input, as a fresh leaf
         states = BlockStates(adapter.blocks[:1], inputs=True, fresh=True)
-        propagation = Propagation(self.rules, gradients=attention_grads)
+        propagation = Propagation(self.rules, gradients=attention_grads, implicit=self.implicit)
         # attention read by hooks gets its rules after its code ran: follow the copies it multiplied
         propagation.follow_copies = bool(adapter.hooked_attention)
         recorder = self._attention_recorder(propagation)

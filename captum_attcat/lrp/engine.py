@@ -54,8 +54,13 @@ from .rules import LRPRules
 class Propagation:
     """Rules plus the switch that decides what the backward of the graph computes."""
 
-    def __init__(self, rules: LRPRules | None = None, gradients: bool = True) -> None:
+    def __init__(self, rules: LRPRules | None = None, gradients: bool = True, implicit: bool = False) -> None:
         self.rules = rules if rules is not None else LRPRules()
+        #: the gradient x input form (AttnLRP): operations build plain autograd graphs whose
+        #: gradients are modified where the rules say so (identity rule: ``y / x``; products: each
+        #: operand's halved; LayerNorm: its standard deviation held constant), and the relevance of a
+        #: tensor is the tensor times that gradient; ``rules`` are then not used
+        self.implicit = implicit
         #: whether :meth:`gradients` will be asked for (elementwise operations then
         #: keep their own small graph instead of recomputing in the backward)
         self.keep_gradients = gradients
@@ -110,10 +115,17 @@ class Propagation:
 
     def gradients(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
         """Ordinary gradients of ``output`` (summed) w.r.t. ``inputs``."""
+        if self.implicit:
+            raise RuntimeError("a pass in gradient x input form has modified gradients only; run another pass "
+                               "for ordinary gradients")
         return self._backward(False, output, inputs, retain_graph)
 
     def relevance(self, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
-        """LRP relevance at ``inputs``, starting from relevance 1.0 at each entry of ``output``."""
+        """LRP relevance at ``inputs``, starting from relevance 1.0 at each entry of ``output``
+        (in gradient x input form: each input times its modified gradient)."""
+        if self.implicit:
+            grads = self._backward(False, output, inputs, retain_graph)
+            return [x.detach() * g for x, g in zip(inputs, grads)]
         return self._backward(True, output, inputs, retain_graph)
 
     def _backward(self, relevance: bool, output: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> list[Tensor]:
@@ -247,9 +259,19 @@ class _Elementwise(Function):
         return _vjp(ctx.fn, x, grad, ctx.propagation).to(x.dtype), None, None, None
 
 
-def elementwise(x: Tensor, fn: Callable[[Tensor], Tensor], propagation: Propagation) -> Tensor:
+def elementwise(x: Tensor, fn: Callable[[Tensor], Tensor], propagation: Propagation, own_gradient: bool = False
+                ) -> Tensor:
     """``fn(x)`` as one elementwise operation of the relevance-carrying ``x`` (``fn`` may run
-    several torch operations): the chain rule for gradients, the elementwise rule for relevance."""
+    several torch operations): the chain rule for gradients, the elementwise rule for relevance.
+    In gradient x input form (``propagation.implicit``) the identity rule, unless ``own_gradient``:
+    operations whose own gradient is their rule there (scaling by a constant, negation, softmax)."""
+    if propagation.implicit:
+        with _suspended(propagation):
+            if own_gradient:
+                return fn(x)
+            with torch.no_grad():
+                y = fn(x)
+        return _IdentityImplicit.apply(x, y)
     with _suspended(propagation):
         if propagation.keep_gradients:  # ``fn``'s own graph gives the chain rule
             y = fn(x)
@@ -257,6 +279,85 @@ def elementwise(x: Tensor, fn: Callable[[Tensor], Tensor], propagation: Propagat
             with torch.no_grad():
                 y = fn(x)
     return _Elementwise.apply(x, y, fn, propagation)
+
+
+class _IdentityImplicit(Function):
+    """``y = f(x)`` whose gradient is ``y / x`` (0 where ``x`` is 0): gradient x input then hands each
+    entry the relevance of its output, AttnLRP's identity rule for elementwise non-linearities."""
+
+    @staticmethod
+    def forward(ctx, x, y):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        output = y.detach()
+        _keep_output(ctx, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        if ctx.output._version != ctx.output_version:
+            raise RuntimeError("the output of an elementwise operation was changed in place before the backward")
+        wide = torch.promote_types(x.dtype, torch.float32)
+        ratio = torch.where(x != 0, ctx.output.to(wide) / x.to(wide), 0)
+        return (grad.to(wide) * ratio).to(x.dtype), None
+
+
+class _Halved(Function):
+    """The identity, whose gradient is halved: the operand of a product of two relevance-carrying
+    tensors in gradient x input form (AttnLRP's uniform rule: each operand receives half)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return grad * 0.5
+
+
+class _CenteredNorm(Function):
+    """LayerNorm whose standard deviation is a constant for the gradient: in gradient x input form
+    the normalisation passes relevance by the identity rule and the centring and the affine map as
+    linear layers, as AttnLRP's reference code computes it."""
+
+    @staticmethod
+    def forward(ctx, x, y, dims, weight, eps):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.dims, ctx.eps = dims, eps
+        return y.detach()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        wide = torch.promote_types(x.dtype, torch.float32)
+        x, scaled = x.to(wide), grad.to(wide)
+        if weight is not None:
+            scaled = scaled * weight.to(wide)
+        std = x.var(ctx.dims, unbiased=False, keepdim=True).add_(ctx.eps).sqrt_()
+        result = (scaled - scaled.mean(ctx.dims, keepdim=True)) / std
+        return result.to(grad.dtype), None, None, None, None
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, rule: Any, propagation: Propagation) -> Tensor:
+    """``x W^T + b`` by the linear rule, or with its own gradient in gradient x input form."""
+    if propagation.implicit:
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias, rule, propagation)
+
+
+def _add(a: Tensor, b: Tensor, propagation: Propagation) -> Tensor:
+    """``a + b`` of two relevance-carrying tensors by the add rule (own gradient in gradient x input form)."""
+    return torch.add(a, b) if propagation.implicit else _Add.apply(a, b, propagation)
+
+
+def _product(a: Tensor, b: Tensor, propagation: Propagation, elementwise: bool = False) -> Tensor:
+    """``a @ b`` (``a * b`` if ``elementwise``) by the product rule; in gradient x input form each
+    relevance-carrying operand's gradient halved when both carry (one constant operand: a linear map)."""
+    if not propagation.implicit:
+        return _Product.apply(a, b, propagation, elementwise)
+    if _carries(a) and _carries(b):
+        a, b = _Halved.apply(a), _Halved.apply(b)
+    return torch.mul(a, b) if elementwise else torch.matmul(a, b)
 
 
 class _Add(Function):
@@ -383,7 +484,7 @@ def _linear_layer(propagation: Propagation, func: Any, args: tuple, kwargs: dict
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if not _carries(x):
         return func(*args, **kwargs)
-    return _Linear.apply(x, weight, bias, propagation.rules.linear_rule_for(weight), propagation)
+    return _linear(x, weight, bias, propagation.rules.linear_rule_for(weight), propagation)
 
 
 @register_operation(F.conv1d, torch.conv1d)
@@ -410,7 +511,7 @@ def _convolution(propagation: Propagation, func: Any, args: tuple, kwargs: dict)
             g * per_group * width, (g + 1) * per_group * width)
         dense[rows, columns] = weight[rows].reshape(outputs_per_group, per_group * width)
     rule = propagation.rules.linear_rule_for(weight)
-    return _Linear.apply(windows.transpose(1, 2), dense, bias, rule, propagation).transpose(1, 2)
+    return _linear(windows.transpose(1, 2), dense, bias, rule, propagation).transpose(1, 2)
 
 
 @register_operation(torch.addmm, Tensor.addmm)
@@ -439,8 +540,28 @@ def _one_tensor(propagation: Propagation, func: Any, args: tuple, kwargs: dict) 
         rest = args[1:]
         if any(_carries(v) for v in _flat(rest, kwargs)):  # e.g. clamp to a relevance-carrying bound
             raise NotImplementedError(_no_rule(func, "relevance-carrying arguments besides its input"))
-        return elementwise(args[0], lambda x: func(x, *rest, **kwargs), propagation)
+        if propagation.implicit and func in (F.layer_norm, torch.layer_norm):
+            return _centered_norm(propagation, func, args, kwargs)
+        return elementwise(args[0], lambda x: func(x, *rest, **kwargs), propagation,
+                           own_gradient=func in _OWN_GRADIENT)
     return _refuse_or_run(propagation, func, args, kwargs)
+
+
+#: one-tensor operations whose own gradient is their rule in gradient x input form: softmax (AttnLRP's
+#: softmax rule), dropout, negation
+_OWN_GRADIENT = {torch.softmax, Tensor.softmax, F.softmax, F.dropout, torch.neg, Tensor.neg, Tensor.__neg__}
+
+
+def _centered_norm(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Tensor:
+    """``F.layer_norm`` in gradient x input form (see :class:`_CenteredNorm`)."""
+    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    values = {**dict(zip(names, args)), **kwargs}
+    x, shape = values["input"], values["normalized_shape"]
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    with _suspended(propagation), torch.no_grad():
+        y = func(*args, **kwargs)
+    dims = tuple(range(-len(shape), 0))
+    return _CenteredNorm.apply(x, y, dims, values.get("weight"), values.get("eps", 1e-5))
 
 
 def _operands(args: tuple, kwargs: dict) -> tuple[Any, Any]:
@@ -455,7 +576,7 @@ def _sum(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Any:
     if _carries(a) and _carries(b):
         if "alpha" in kwargs or kwargs.get("out") is not None:
             raise NotImplementedError(_no_rule(func, "two relevance-carrying operands and `alpha`/`out`"))
-        return _Add.apply(a, b, propagation)
+        return _add(a, b, propagation)
     return func(*args, **kwargs)
 
 
@@ -473,8 +594,8 @@ def _difference(propagation: Propagation, func: Any, args: tuple, kwargs: dict) 
             raise NotImplementedError(_no_rule(func, "relevance-carrying operands and `alpha`/`out`"))
         return func(*args, **kwargs)
     if carry_b:
-        negated = elementwise(b, torch.neg, propagation)
-        return _Add.apply(a, negated, propagation) if carry_a else negated + a
+        negated = elementwise(b, torch.neg, propagation, own_gradient=True)
+        return _add(a, negated, propagation) if carry_a else negated + a
     return func(*args, **kwargs)  # minus a constant (or nothing carrying): the chain rule passes it on
 
 
@@ -494,20 +615,20 @@ def _scaling(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> 
         # an expert's output times its routing weight: the weight is a constant for relevance (the
         # router hands no relevance on), and its gradient is kept
         if propagation.is_routing(b):
-            return elementwise(a, lambda t: func(t, b), propagation)
+            return elementwise(a, lambda t: func(t, b.detach() if propagation.implicit else b), propagation, True)
         if propagation.is_routing(a):
-            return elementwise(b, lambda t: func(a, t), propagation)
+            return elementwise(b, lambda t: func(a.detach() if propagation.implicit else a, t), propagation, True)
     if carry_a and carry_b:
         if func in _DIVISIONS or kwargs.get("out") is not None:
             raise NotImplementedError(_no_rule(func, "two relevance-carrying operands"))
-        return _Product.apply(a, b, propagation, True)
+        return _product(a, b, propagation, elementwise=True)
     if carry_b and func in _DIVISIONS:
         raise NotImplementedError(_no_rule(func, "a relevance-carrying divisor"))
     if carry_a or carry_b:
         x, constant = (a, b) if carry_a else (b, a)
         extra = {k: v for k, v in kwargs.items() if k != "other"}
         op = (lambda t: func(t, constant, **extra)) if carry_a else (lambda t: func(constant, t, **extra))
-        return elementwise(x, op, propagation)
+        return elementwise(x, op, propagation, own_gradient=True)
     return func(*args, **kwargs)
 
 
@@ -517,12 +638,12 @@ def _matrix_product(propagation: Propagation, func: Any, args: tuple, kwargs: di
     a, b = _operands(args, kwargs)
     carry_a, carry_b = _carries(a), _carries(b)
     if carry_a and carry_b and a.dim() >= 2 and b.dim() >= 2:
-        return _Product.apply(a, b, propagation)
+        return _product(a, b, propagation)
     if carry_a and not carry_b and isinstance(b, Tensor) and b.dim() == 2 and func in (torch.matmul, Tensor.matmul,
                                                                                         Tensor.__matmul__):
         # ``x @ W.T`` (Falcon's linear layers): a linear layer whose weight is ``W``
         weight = _weight_of(b, propagation)
-        return _Linear.apply(a, weight, None, propagation.rules.linear_rule_for(weight), propagation)
+        return _linear(a, weight, None, propagation.rules.linear_rule_for(weight), propagation)
     if carry_a or carry_b:
         raise NotImplementedError(_no_rule(func, "relevance-carrying operands"))
     return func(*args, **kwargs)
@@ -538,9 +659,9 @@ def _product_plus_constant(propagation: Propagation, func: Any, args: tuple, kwa
     if _carries(values["input"]) or not (_carries(values["batch1"]) and _carries(values["batch2"])) or \
             len(args) > 3 or kwargs.get("out") is not None:
         return _refuse_or_run(propagation, func, args, kwargs)
-    product = _Product.apply(values["batch1"], values["batch2"], propagation)
+    product = _product(values["batch1"], values["batch2"], propagation)
     if alpha != 1:
-        product = elementwise(product, lambda t: t * alpha, propagation)
+        product = elementwise(product, lambda t: t * alpha, propagation, own_gradient=True)
     return product + beta * values["input"]  # plain autograd here: a constant passes relevance on
 
 
@@ -557,7 +678,7 @@ def _average(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> 
     dim = (dim[0] if isinstance(dim, (list, tuple)) else dim) % x.dim()
     moved = x.movedim(dim, -1)
     weight = torch.full((1, x.shape[dim]), 1.0 / x.shape[dim], dtype=x.dtype, device=x.device)
-    averaged = _Linear.apply(moved, weight, None, propagation.rules.linear, propagation).squeeze(-1)
+    averaged = _linear(moved, weight, None, propagation.rules.linear, propagation).squeeze(-1)
     return averaged.unsqueeze(dim) if keepdim else averaged
 
 
@@ -596,13 +717,14 @@ def _multi_head_attention(propagation: Propagation, func: Any, args: tuple, kwar
         return t.reshape(t.shape[0], t.shape[1] * heads, width // heads).transpose(0, 1)
 
     def product(a: Tensor, b: Tensor) -> Tensor:
-        return _Product.apply(a, b, propagation) if _carries(a) or _carries(b) else torch.bmm(a, b)
+        return _product(a, b, propagation) if _carries(a) or _carries(b) else torch.bmm(a, b)
 
     q, k, v = (by_head(linear(t, w, b)) for t, w, b in zip((query, key, value), weights, biases))
     scale = (width // heads) ** -0.5
-    q = elementwise(q, lambda t: t * scale, propagation) if _carries(q) else q * scale
+    q = elementwise(q, lambda t: t * scale, propagation, own_gradient=True) if _carries(q) else q * scale
     scores = product(q, k.transpose(1, 2))
-    probs = elementwise(scores, lambda t: torch.softmax(t, dim=-1), propagation) if _carries(scores) else \
+    probs = elementwise(scores, lambda t: torch.softmax(t, dim=-1), propagation, own_gradient=True) \
+        if _carries(scores) else \
         torch.softmax(scores, dim=-1)
     merged = product(probs, v).transpose(0, 1).reshape(query.shape[0], query.shape[1], width)
     output = linear(merged, values["out_proj_weight"], values["out_proj_bias"])
@@ -695,7 +817,7 @@ def _addmm(propagation: Propagation, input: Any, mat1: Tensor, mat2: Any, *, bet
     if beta != 1 or alpha != 1 or _carries(input) or _carries(mat2):
         raise NotImplementedError(_no_rule(torch.addmm, "a relevance-carrying operand other than mat1, or scaling"))
     rule = propagation.rules.linear_rule_for(mat2)
-    return _Linear.apply(mat1, propagation.transposed(mat2), input, rule, propagation)
+    return _linear(mat1, propagation.transposed(mat2), input, rule, propagation)
 
 
 #: adding rows into a tensor (mixture-of-experts layers gather their experts' outputs so)
@@ -715,7 +837,7 @@ def _accumulate(propagation: Propagation, func: Any, args: tuple, kwargs: dict) 
     if torch.unique(index).numel() != index.numel():
         raise NotImplementedError(_no_rule(func, "an index naming a row twice"))
     scattered = torch.zeros_like(target, dtype=source.dtype).index_add(dim, index, source)
-    total = _Add.apply(target.clone(), scattered, propagation) if _carries(target) else scattered + target
+    total = _add(target.clone(), scattered, propagation) if _carries(target) else scattered + target
     if func is Tensor.index_add_:
         return target.copy_(total)  # ``target``'s history becomes the sum's
     return total
@@ -795,7 +917,11 @@ def _activations_made_during(propagation: Propagation, known: Sequence[Module]) 
             return None
         _, x = running.pop()
         propagation.suspended -= 1
-        return _Elementwise.apply(x, output, module.forward, propagation) if isinstance(output, Tensor) else None
+        if not isinstance(output, Tensor):
+            return None
+        if propagation.implicit:
+            return _IdentityImplicit.apply(x, output)
+        return _Elementwise.apply(x, output, module.forward, propagation)
 
     handles = [torch.nn.modules.module.register_module_forward_pre_hook(before),
                torch.nn.modules.module.register_module_forward_hook(after)]
