@@ -15,8 +15,9 @@ the pre-softmax logit, where LRP's relevance starts as 1.0. Either can be asked 
 ``score="log_prob"`` or ``"logit"``. For an LRP method, ``"log_prob"`` starts the relevance at the
 logits as ``d log p(token) / d logits = onehot(token) - p`` (``1 - p`` at the token, ``-p_v`` at
 every other one, as softmax-gradient LRP does), which sums to 0 and mostly cancels on its way
-down: on a small trained Llama TransAtt's attention maps shrank to about 1e-11, leaving its
-rollout the identity, hence the logit default.
+down: on the small trained Llama of ``notebooks/explain_generation.ipynb`` TransAtt's scores
+off the rollout's identity were about 1e-11 that way, 1e-3 to 1e-2 for the logit, hence the
+logit default.
 
 Cost: the prompt and the whole response go through the model once; since a causal model's
 scores at a position depend on no later token, each response token then costs one backward
