@@ -192,7 +192,7 @@ class Protocol:
                   pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size,
                   max_tokens=max_tokens, cache=cache, token_type_ids=token_type_ids)
         curves = {}
-        for kind in {self.aopc_perturbation, self.lodds_perturbation}:
+        for kind in dict.fromkeys((self.aopc_perturbation, self.lodds_perturbation)):  # one order in every process
             curves[kind] = perturbation_curve(forward_func, input_ids, attributions, targets,
                                               perturbation=kind, **kw)  # type: ignore[arg-type]
         a, lo = curves[self.aopc_perturbation], curves[self.lodds_perturbation]

@@ -11,6 +11,15 @@ floor (:mod:`benchmarks.baselines`). The default model is the fine-tuned all-Min
 (:mod:`benchmarks.finetune`; fine-tuned on the first run). Results go to ``--out``
 (``results.md``, ``results.csv``, ``results.json``, ``curves_<protocol>.png``).
 
+The examples are sorted by length and cut into shards (the explanation batches); each shard is
+explained and scored on its own, and its results are written to ``<out>/partial-<fingerprint>/``
+as soon as it is done, so a killed run started again with the same arguments redoes only the
+unfinished shards (:mod:`benchmarks.resume`). The same command under ``torchrun`` shares the
+shards among the processes, each on its own device (:mod:`benchmarks.distributed`); rank 0
+gathers every shard's per-example values and writes the files once, the same as one process::
+
+    torchrun --nproc_per_node 2 -m benchmarks.run --task sst2 --methods all --threads 1
+
 Example::
 
     >>> from benchmarks.run import main
@@ -25,6 +34,7 @@ import csv
 import dataclasses
 import inspect
 import json
+import os
 import platform
 import sys
 import time
@@ -37,11 +47,14 @@ import torch
 
 from .baselines import BASELINES, token_type_kwargs
 from .cli import ArgumentParser, UsageError, check_model_path, positive_int, run_command
-from .data import VENDORED_DIR, Examples, encode_batches, load_file, load_task, model_max_length
+from .data import VENDORED_DIR, EncodedBatch, Examples, encode_batches, load_file, load_task, model_max_length
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
+from .distributed import Ranks
+from .resume import PartialResults, code_digest, digest, fingerprint, model_digest
 
-__all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "evaluate_methods", "write_results",
+__all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "explain_shard", "merge_shards",
+           "shards_of", "evaluate_methods", "write_results",
            "main", "DEFAULT_MAX_TOKENS"]
 
 #: tokens (padded) per explanation batch: 2 texts of 512 tokens, 32 of 32
@@ -125,51 +138,176 @@ class _Batch:
         return (self.explain_mask,) if self.types is None else (self.explain_mask, self.types)
 
 
-def _prepare(model: Any, tokenizer: Any, examples: Examples, protocol: Protocol, task: str,
-             batch_size: int, max_length: int, max_tokens: int | None) -> tuple[list[_Batch], int]:
-    """Tokenize into batches of at most ``batch_size`` rows and ``max_tokens`` tokens, run the
-    model once, apply the protocol's filters, build explanation masks."""
-    batches: list[_Batch] = []
-    kept = 0
+def _prepare(model: Any, tokenizer: Any, batch: EncodedBatch, protocols: Sequence[Protocol], task: str
+             ) -> dict[str, _Batch | None]:
+    """Run the model once on an encoded batch, then per protocol: apply its filters, keep the
+    rows it explains (``None`` when it keeps none) and build their explanation masks."""
     device = next(model.parameters()).device  # every batch lives where the model does
-    for b in encode_batches(examples, tokenizer, batch_size, max_length=max_length, max_tokens=max_tokens):
-        b = dataclasses.replace(b, input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device),
-                                labels=b.labels.to(device))
-        pairs = b.token_type_ids is not None and bool(b.token_type_ids.any())
-        types = b.token_type_ids.to(device) if pairs else None
-        with torch.no_grad():
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, **token_type_kwargs(types)).logits
+    b = dataclasses.replace(batch, input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                            labels=batch.labels.to(device))
+    pairs = b.token_type_ids is not None and bool(b.token_type_ids.any())
+    all_types = b.token_type_ids.to(device) if pairs else None
+    with torch.no_grad():
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, **token_type_kwargs(all_types)).logits
+    out: dict[str, _Batch | None] = {}
+    for protocol in protocols:
         keep = protocol.keep(task, b.attention_mask, b.labels, logits)
         if not keep.any():
+            out[protocol.name] = None
             continue
         ids, mask = b.input_ids[keep], b.attention_mask[keep]
         width = int(mask.sum(1).max())
         ids, mask = ids[:, :width].contiguous(), mask[:, :width].contiguous()
-        types = None if types is None else types[keep][:, :width].contiguous()
+        types = None if all_types is None else all_types[keep][:, :width].contiguous()
         targets = protocol.targets(b.labels[keep], logits[keep])
         emask = protocol.explanation_mask(ids, mask, tokenizer.cls_token_id, tokenizer.sep_token_id)
-        batches.append(_Batch(ids, mask, emask, targets, types))
-        kept += int(keep.sum())
-    return batches, kept
+        out[protocol.name] = _Batch(ids, mask, emask, targets, types)
+    return out
 
 
-def _stack(explained: list[tuple[_Batch, torch.Tensor]], pad_id: int
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The explained batches as one: ids, mask, scores, targets, segment ids (or None),
-    padded to the widest batch."""
-    width = max(b.ids.shape[1] for b, _ in explained)
+def _constructor_kwargs(cls: type, given: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``given``, plus ``seed`` for a method that takes one (the random floor): seeded per
+    shard, its draws do not depend on which process explains the shard."""
+    try:
+        takes_seed = "seed" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    return {"seed": seed, **given} if takes_seed else dict(given)
 
-    def pad(t: torch.Tensor, value: float) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
-    types = None
-    if any(b.types is not None for b, _ in explained):
-        types = torch.cat([pad(b.types if b.types is not None else torch.zeros_like(b.ids), 0) for b, _ in explained])
-    return (torch.cat([pad(b.ids, pad_id) for b, _ in explained]),
-            torch.cat([pad(b.mask, 0) for b, _ in explained]),
-            torch.cat([pad(sc, 0.0) for _, sc in explained]),
-            torch.cat([b.targets for b, _ in explained]),
-            types)
+def explain_shard(
+    model: Any,
+    tokenizer: Any,
+    batch: EncodedBatch,
+    methods: dict[str, type],
+    protocols: Sequence[Protocol],
+    *,
+    task: str = "sst2",
+    seed: int = 0,
+    metric_batch_size: int = 512,
+    kendall: bool = False,
+    cache: ForwardCache | None = None,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+    on_method: Any = None,
+) -> dict[str, Any]:
+    """Explain one shard (an encoded batch) with every method and score it under every protocol.
+
+    Returns plain data (CPU tensors, numbers, strings: what :class:`benchmarks.resume.PartialResults`
+    stores): ``{"protocols": {protocol: {method: {"examples", "aopc", "lodds", "aopc_curve",
+    "lodds_curve", "kendall_tau", "explain_seconds", "metric_seconds", "error"}}},
+    "seconds": {protocol: s}, "metric_forwards": n, "metric_forwards_saved": n}``, per-example
+    values in the batch's row order. The result depends only on the shard and ``seed`` (methods
+    that take a ``seed`` get it), never on what else the process explains. ``on_method(protocol,
+    method)`` is called before each method (progress).
+
+    Example::
+
+        >>> shard = next(encode_batches(load_task("sst2", limit=8), tok, 8))  # doctest: +SKIP
+        >>> explain_shard(model, tok, shard, {"Saliency": SaliencyEmbeddings}, [PAPER])["protocols"]["paper"]  # doctest: +SKIP
+    """
+    model.eval()
+    cache = ForwardCache() if cache is None else cache
+    misses, hits = cache.misses, cache.hits
+    specials = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+                if t is not None]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)).logits
+
+    prepared = _prepare(model, tokenizer, batch, protocols, task)
+    out: dict[str, Any] = {"protocols": {}, "seconds": {}}
+    for protocol in protocols:
+        t_protocol = time.perf_counter()
+        b = prepared[protocol.name]
+        rows: dict[str, Any] = {}
+        out["protocols"][protocol.name] = rows
+        for name, cls in methods.items():
+            res: dict[str, Any] = {"examples": 0 if b is None else int(b.ids.shape[0]), "explain_seconds": 0.0,
+                                   "metric_seconds": 0.0, "error": None}
+            rows[name] = res
+            if b is None:
+                continue
+            if on_method is not None:
+                on_method(protocol.name, name)
+            try:
+                explainer = cls(model, **_constructor_kwargs(cls, (method_kwargs or {}).get(name, {}), seed))
+                # reference AttCAT: [CLS]/[SEP] hidden, yet every real token's query row averaged
+                rows_kw = protocol.all_query_rows and "query_mask" in inspect.signature(explainer.attribute).parameters
+                t0 = time.perf_counter()
+                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=b.forward_args(),
+                                             **({"query_mask": b.mask} if rows_kw else {})).detach().float()
+                t1 = time.perf_counter()
+                s = protocol.score(forward, b.ids, b.mask, scores, b.targets, special_token_ids=specials,
+                                   pad_token_id=pad_id, mask_token_id=tokenizer.mask_token_id,
+                                   batch_size=metric_batch_size, cache=cache, token_type_ids=b.types)
+                t2 = time.perf_counter()
+                if kendall:
+                    def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
+                                args: tuple = b.forward_args()) -> torch.Tensor:
+                        return explainer.attribute(ids, target=tgt, additional_forward_args=args,
+                                                   **({"query_mask": _m} if rows_kw else {})).detach()
+
+                    res["kendall_tau"] = kendall_tau_confidence(
+                        explain, b.ids, b.targets, model.config.num_labels, attention_mask=b.mask,
+                        on=protocol.kendall_on, special_token_ids=specials).cpu()
+                res.update(explain_seconds=t1 - t0 + time.perf_counter() - t2, metric_seconds=t2 - t1,
+                           aopc=s.aopc.cpu(), lodds=s.lodds.cpu(), aopc_curve=s.aopc_curve.cpu(),
+                           lodds_curve=s.lodds_curve.cpu())
+            except Exception as exc:  # a method that cannot handle this model or input: report, go on
+                res["error"] = f"{type(exc).__name__}: {exc}"
+        out["seconds"][protocol.name] = time.perf_counter() - t_protocol
+    out["metric_forwards"], out["metric_forwards_saved"] = cache.misses - misses, cache.hits - hits
+    return out
+
+
+def shard_failed(payload: dict[str, Any]) -> bool:
+    """Whether a method failed on this shard (such a shard is not kept for resuming)."""
+    return any(r["error"] for rows in payload["protocols"].values() for r in rows.values())
+
+
+def merge_shards(payloads: Sequence[dict[str, Any]], methods: Sequence[str], protocols: Sequence[Protocol],
+                 kendall: bool = False) -> list[MethodResult]:
+    """The results table from the shards' results (:func:`explain_shard`), given in shard order:
+    per-example values are concatenated in that order before any mean, so the table is the same
+    whichever processes explained which shards. A method that failed on any shard has ``error``
+    (the first failure) set.
+
+    Example::
+
+        >>> merge_shards([explain_shard(model, tok, b, methods, [PAPER], seed=i) for i, b in enumerate(shards)],
+        ...              list(methods), [PAPER])  # doctest: +SKIP
+    """
+    results: list[MethodResult] = []
+    for protocol in protocols:
+        for name in methods:
+            parts = [p["protocols"][protocol.name][name] for p in payloads]
+            res = MethodResult(protocol.name, name, sum(x["examples"] for x in parts))
+            results.append(res)
+            res.explain_seconds = round(sum(x["explain_seconds"] for x in parts), 3)
+            res.metric_seconds = round(sum(x["metric_seconds"] for x in parts), 3)
+            errors = [x["error"] for x in parts if x["error"]]
+            if errors:
+                res.error = errors[0]
+                continue
+            done = [x for x in parts if "aopc" in x]
+            if not done:
+                continue
+            res.aopc = float(torch.cat([x["aopc"] for x in done]).mean())
+            res.lodds = float(torch.cat([x["lodds"] for x in done]).mean())
+            res.aopc_curve = torch.cat([x["aopc_curve"] for x in done]).mean(0).tolist()
+            res.lodds_curve = torch.cat([x["lodds_curve"] for x in done]).mean(0).tolist()
+            if kendall:
+                res.kendall_tau = nanmean(torch.cat([x["kendall_tau"] for x in done]))
+    return results
+
+
+def shards_of(examples: Examples, tokenizer: Any, model: Any, batch_size: int = 32,
+              max_tokens: int | None = DEFAULT_MAX_TOKENS) -> list[EncodedBatch]:
+    """The run's shards: the explanation batches of the length-sorted examples (at most
+    ``batch_size`` rows and ``max_tokens`` tokens each), the same whatever the number of processes."""
+    max_length = model_max_length(tokenizer, model.config)
+    return list(encode_batches(examples, tokenizer, batch_size, max_length=max_length, max_tokens=max_tokens))
 
 
 def evaluate_methods(
@@ -190,12 +328,14 @@ def evaluate_methods(
 ) -> list[MethodResult]:
     """Explain every example with every method and score the explanations under ``protocol``.
 
-    Perturbed inputs that several methods (or protocols) share are evaluated once through
-    ``cache`` (a new one per call when None; pass one to share it across calls on one model).
-    ``method_kwargs`` maps a method name to extra constructor arguments (e.g.
-    ``{"MaskLRP": {"head_mask": mask}}``). Explanations run on batches of at most
-    ``batch_size`` examples and ``max_tokens`` tokens (padded), so memory does not grow with
-    the number or the length of the texts. A method that fails has ``error`` set in its row.
+    The examples are sorted by length and cut into shards of at most ``batch_size`` examples and
+    ``max_tokens`` tokens (padded), so memory does not grow with the number or the length of the
+    texts; each shard is explained and scored on its own (:func:`explain_shard`, the random floor
+    seeded with the shard's index) and the per-example values are merged in shard order
+    (:func:`merge_shards`), as the command line does in one process or many. Perturbed inputs
+    that several methods share are evaluated once per shard (``cache``: a new one per shard when
+    None). ``method_kwargs`` maps a method name to extra constructor arguments (e.g.
+    ``{"MaskLRP": {"head_mask": mask}}``). A method that fails has ``error`` set in its row.
 
     Example::
 
@@ -204,72 +344,13 @@ def evaluate_methods(
     """
     from tqdm.auto import tqdm
 
-    model.eval()
-    cache = ForwardCache() if cache is None else cache
-    max_length = model_max_length(tokenizer, model.config)
-    batches, kept = _prepare(model, tokenizer, examples, protocol, task, batch_size, max_length, max_tokens)
-    specials = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
-                if t is not None]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
-        return model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)).logits
-
-    results: list[MethodResult] = []
-    for name, cls in methods.items():
-        res = MethodResult(protocol.name, name, kept)
-        results.append(res)
-        if not batches:
-            continue
-        try:
-            explainer = cls(model, **(method_kwargs or {}).get(name, {}))
-        except Exception as exc:  # a method that cannot handle this model: report, go on
-            res.error = f"{type(exc).__name__}: {exc}"
-            continue
-        # reference AttCAT: [CLS]/[SEP] hidden, yet every real token's query row averaged
-        rows_kw = protocol.all_query_rows and "query_mask" in inspect.signature(explainer.attribute).parameters
-        explained: list[tuple[_Batch, torch.Tensor]] = []
-        taus: list[torch.Tensor] = []
-        bar = tqdm(batches, desc=f"{protocol.name}:{name}", unit="batch", disable=not progress, leave=False)
-        try:
-            t0 = time.perf_counter()
-            for b in bar:
-                kw = {"query_mask": b.mask} if rows_kw else {}
-                scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=b.forward_args(), **kw)
-                explained.append((b, scores.detach().float()))
-            t1 = time.perf_counter()
-            # every batch's perturbed copies together: one length-sorted stream of forward passes
-            ids, mask, scores, targets, types = _stack(explained, pad_id)
-            s = protocol.score(forward, ids, mask, scores, targets, special_token_ids=specials,
-                               pad_token_id=pad_id, mask_token_id=tokenizer.mask_token_id,
-                               batch_size=metric_batch_size, cache=cache, token_type_ids=types)
-            t2 = time.perf_counter()
-            if kendall:
-                for b, _ in explained:
-                    def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
-                                args: tuple = b.forward_args()) -> torch.Tensor:
-                        return explainer.attribute(ids, target=tgt, additional_forward_args=args,
-                                                   **({"query_mask": _m} if rows_kw else {})).detach()
-
-                    taus.append(kendall_tau_confidence(explain, b.ids, b.targets, model.config.num_labels,
-                                                       attention_mask=b.mask, on=protocol.kendall_on,
-                                                       special_token_ids=specials))
-            res.explain_seconds = t1 - t0 + time.perf_counter() - t2
-            res.metric_seconds = t2 - t1
-        except Exception as exc:
-            res.error = f"{type(exc).__name__}: {exc}"
-            continue
-        finally:
-            bar.close()
-        res.aopc = float(s.aopc.mean())
-        res.lodds = float(s.lodds.mean())
-        res.aopc_curve = s.aopc_curve.mean(0).tolist()
-        res.lodds_curve = s.lodds_curve.mean(0).tolist()
-        if kendall:
-            res.kendall_tau = nanmean(torch.cat(taus))
-        res.explain_seconds = round(res.explain_seconds, 3)
-        res.metric_seconds = round(res.metric_seconds, 3)
-    return results
+    shards = shards_of(examples, tokenizer, model, batch_size, max_tokens)
+    payloads = [explain_shard(model, tokenizer, b, methods, [protocol], task=task, seed=i,
+                              metric_batch_size=metric_batch_size, kendall=kendall, cache=cache,
+                              method_kwargs=method_kwargs)
+                for i, b in enumerate(tqdm(shards, desc=protocol.name, unit="shard", disable=not progress,
+                                           leave=False))]
+    return merge_shards(payloads, list(methods), [protocol], kendall)
 
 
 def align_labels(examples: Examples, config: Any) -> Examples:
@@ -443,10 +524,10 @@ def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, pr
 
 
 def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any, tokenizer: Any, model_path: str,
-                     progress: bool) -> tuple[dict[str, dict[str, Any]], str | None]:
+                     progress: bool, quiet: bool = False) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The methods' constructor arguments from the command line (Integrated Gradients' steps and
     token budget, MaskLRP's head mask, checked against the model before any work) and where the
-    head mask came from (``None`` without MaskLRP)."""
+    head mask came from (``None`` without MaskLRP; said on standard error unless ``quiet``)."""
     method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
                                                                         "max_tokens": a.max_tokens}}
     head_mask_source = None
@@ -456,7 +537,8 @@ def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any
         method_kwargs["MaskLRP"] = {"head_mask": head_mask}
         if head_mask is not None:
             head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
-        print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
+        if not quiet:
+            print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
     return method_kwargs, head_mask_source
 
 
@@ -541,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=positive_int, default=384,
                    help="squad: tokens per window over a long context (question included; default 384)")
     p.add_argument("--stride", type=positive_int, default=128, help="squad: tokens shared by consecutive windows")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (per process)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where each process runs: auto (cuda:LOCAL_RANK when CUDA is available, else the CPU)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     return run_command(lambda: _run_command(a, argv), p.prog)
@@ -556,6 +640,8 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.task == "squad":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--task squad runs in one process: launch it with python, not torchrun")
         from .qa import run_squad
 
         return run_squad(a, argv)
@@ -568,43 +654,122 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
     else:
         examples = load_task(a.task, a.split, limit=a.limit)
         task = a.task
+    ranks = Ranks.from_environment(a.device)
+    try:
+        return _run_shards(a, argv, ranks, protos, methods, examples, task, progress)
+    finally:
+        ranks.close()
+
+
+def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, protos: list[Protocol],
+                methods: dict[str, type], examples: Examples, task: str, progress: bool) -> int:
+    """Explain the shards of this rank that no earlier run finished, gather every shard's results
+    on rank 0 and write them there once."""
+    from tqdm.auto import tqdm
+
+    lead = ranks.rank == 0
     t0 = time.perf_counter()
-    model, tokenizer, model_path = _load_model(a.model, progress)
+    model, tokenizer, model_path = ranks.first_on_each_machine(lambda: _load_model(a.model, progress and lead))
     examples = align_labels(examples, model.config)
     examples.check_labels(int(model.config.num_labels))
 
-    results: list[MethodResult] = []
     t_run, cpu_run = time.perf_counter(), time.process_time()
-    method_kwargs, head_mask_source = method_arguments(a, methods, model, tokenizer, model_path, progress)
-    cache = ForwardCache()
-    eval_json = Path(model_path) / "eval.json"
-    out = Path(a.out) if a.out else Path("results") / Path(task).stem
-    config: dict[str, Any] = {
-        "task": task, "split": None if a.data else a.split, "data": a.data,
-        "text_column": a.text_column if a.data else None, "label_column": a.label_column if a.data else None,
-        "examples": len(examples), "limit": a.limit, "model": model_path,
-        "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
-        "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
-        "batch_size": a.batch_size, "max_tokens": a.max_tokens, "kendall": a.kendall, "threads": torch.get_num_threads(),
-        "head_mask": head_mask_source, "ig_steps": a.ig_steps,
-        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+    method_kwargs, head_mask_source = ranks.first_on_each_machine(
+        lambda: method_arguments(a, methods, model, tokenizer, model_path, progress and lead, quiet=not lead))
+    model.to(ranks.device)
+    shards = shards_of(examples, tokenizer, model, a.batch_size, a.max_tokens)
+    head_mask = method_kwargs.get("MaskLRP", {}).get("head_mask")
+    parts = {
+        "data": digest([examples.texts, examples.text_pairs, examples.labels, list(examples.label_names or ())]),
+        "tokenized data": digest([t for b in shards for t in (b.input_ids, b.attention_mask, b.token_type_ids)
+                                  if t is not None]),
+        "model": model_digest(model),
+        "head mask": digest(None if head_mask is None else head_mask.mask.tolist()),
+        "settings": digest({"task": task, "split": None if a.data else a.split, "limit": a.limit,
+                            "columns": [a.text_column, a.label_column] if a.data else None, "methods": list(methods),
+                            "protocols": [x.to_dict() for x in protos], "batch_size": a.batch_size,
+                            "max_tokens": a.max_tokens, "kendall": a.kendall, "ig_steps": a.ig_steps,
+                            "device": ranks.device.type}),
+        "library versions": digest(_versions()),
+        "code": code_digest(),
     }
-    seconds: dict[str, float] = {}
-    for proto in protos:
-        t_p = time.perf_counter()
-        results += evaluate_methods(model, tokenizer, examples, methods, proto, task=task,
-                                    batch_size=a.batch_size, max_tokens=a.max_tokens, kendall=a.kendall, progress=progress, cache=cache,
-                                    method_kwargs=method_kwargs)
-        seconds[proto.name] = round(time.perf_counter() - t_p, 1)
-        config.update(seconds_per_protocol=seconds, seconds=round(time.perf_counter() - t_run, 1),
-                      cpu_seconds=round(time.process_time() - cpu_run, 1),
-                      seconds_with_model_loading=round(time.perf_counter() - t0, 1),
-                      metric_forwards=cache.misses, metric_forwards_saved=cache.hits)
-        written = write_results(out, results, config)   # after each protocol: partial runs keep results
-    print((out / "results.md").read_text())
-    print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s): {config['seconds']:.1f} s; "
-          f"wrote {', '.join(str(w) for w in written)}")
-    return exit_status(results, out)
+    ranks.check_agreement(parts)  # every rank fails, naming what differs
+    out = Path(a.out) if a.out else Path("results") / Path(task).stem
+    store = PartialResults(out / f"partial-{fingerprint(parts)[:16]}")
+
+    # shards finished by an earlier run (on any rank's disk) are read, not redone
+    owner: dict[int, int] = {}
+    for r, have in enumerate(ranks.all_gather(sorted(store.done() & set(range(len(shards)))))):
+        for i in have:
+            owner.setdefault(i, r)
+    todo = [i for i in range(len(shards)) if i not in owner]
+    mine = todo[ranks.rank::ranks.world_size]
+    who = f"rank {ranks.rank}/{ranks.world_size}: " if ranks.distributed else ""
+    if progress or ranks.distributed:
+        print(f"{who}{len(mine)} of {len(shards)} shards to explain on {ranks.device}"
+              + (f" ({len(owner)} finished earlier, in {store.folder})" if owner else ""), file=sys.stderr)
+    payloads = {i: store.load(i) for i, r in owner.items() if r == ranks.rank}
+    t_rank, cpu_rank = time.perf_counter(), time.process_time()
+    bar = tqdm(mine, desc=f"rank {ranks.rank}" if ranks.distributed else "shards", unit="shard",
+               disable=not progress, position=ranks.local_rank if ranks.distributed else None)
+    try:
+        for i in bar:
+            payload = explain_shard(model, tokenizer, shards[i], methods, protos, task=task, seed=i,
+                                    kendall=a.kendall, method_kwargs=method_kwargs,
+                                    on_method=lambda p, m: bar.set_postfix_str(f"{p}:{m}", refresh=False))
+            if not shard_failed(payload):  # a failed shard is redone by the next run
+                store.save(i, payload)
+            payloads[i] = payload
+    finally:
+        bar.close()
+    mine_examples = sum(len(shards[i].indices) for i in mine)
+    gathered = ranks.gather({"shards": payloads, "explained": len(mine), "examples": mine_examples,
+                             "seconds": time.perf_counter() - t_rank, "cpu_seconds": time.process_time() - cpu_rank})
+    status = 0
+    if gathered is not None:
+        everything: dict[int, dict[str, Any]] = {}
+        for g in gathered:
+            everything.update(g["shards"])
+        missing = sorted(set(range(len(shards))) - set(everything))
+        if missing:
+            raise RuntimeError(f"shards {missing[:10]} came back from no rank")
+        ordered = [everything[i] for i in range(len(shards))]
+        results = merge_shards(ordered, list(methods), protos, a.kendall)
+        eval_json = Path(model_path) / "eval.json"
+        config: dict[str, Any] = {
+            "task": task, "split": None if a.data else a.split, "data": a.data,
+            "text_column": a.text_column if a.data else None, "label_column": a.label_column if a.data else None,
+            "examples": len(examples), "limit": a.limit, "model": model_path,
+            "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
+            "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
+            "batch_size": a.batch_size, "max_tokens": a.max_tokens, "kendall": a.kendall,
+            "threads": torch.get_num_threads(), "device": ranks.device.type,
+            "head_mask": head_mask_source, "ig_steps": a.ig_steps, "shards": len(shards),
+            "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+            # timing: process-seconds summed over shards (resumed shards count their first run)
+            "seconds_per_protocol": {x.name: round(sum(p["seconds"][x.name] for p in ordered), 1) for x in protos},
+            "seconds": round(time.perf_counter() - t_run, 1),
+            "cpu_seconds": round(time.process_time() - cpu_run - gathered[0]["cpu_seconds"]  # every rank's shards
+                                 + sum(g["cpu_seconds"] for g in gathered), 1),
+            "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
+            "seconds_per_rank": [round(g["seconds"], 1) for g in gathered],
+            "metric_forwards": sum(p["metric_forwards"] for p in ordered),
+            "metric_forwards_saved": sum(p["metric_forwards_saved"] for p in ordered),
+        }
+        written = write_results(out, results, config)
+        print((out / "results.md").read_text())
+        if ranks.distributed:
+            for r, g in enumerate(gathered):
+                print(f"rank {r}: {g['explained']} shards ({g['examples']} examples) in {g['seconds']:.1f} s")
+        resumed = f", {len(owner)} of {len(shards)} shards read from an earlier run" if owner else ""
+        print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s), {len(shards)} shards, "
+              f"{ranks.world_size} process(es): {config['seconds']:.1f} s{resumed}; "
+              f"wrote {', '.join(str(w) for w in written)}")
+        status = exit_status(results, out)
+    status = ranks.all_gather(status)[0]
+    if status == 0:  # complete: the partial results have served (an incomplete run keeps them)
+        store.clear()
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,200 @@
+"""The runner on torch.distributed (two real gloo processes on this machine) and resumed after a
+kill: the same table as one uninterrupted process, to the last digit."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.resume import PartialResults, digest, model_digest
+from benchmarks.run import main
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = "good great fine bad awful dull movie film plot acting the a is was not very really fun boring , . ! it".split()
+TIMING = {"explain_seconds", "metric_seconds"}
+CONFIG_TIMING = {"seconds", "cpu_seconds", "seconds_per_protocol", "seconds_with_model_loading", "seconds_per_rank"}
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _child(argv: list[str], cwd: str, environment: dict[str, str], log: str) -> None:
+    os.environ.update(environment)
+    os.chdir(cwd)
+    with open(log, "w") as fh:
+        sys.stdout = sys.stderr = fh
+        rc = main(argv)
+        fh.flush()
+    os._exit(rc)
+
+
+def fork_run(argv: list[str], cwd: Path, log: Path, **environment: str) -> multiprocessing.process.BaseProcess:
+    """``python -m benchmarks.run ARGV`` in a forked process (the imports are already done),
+    its standard output and error in ``log``."""
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(argv, str(cwd), environment, str(log)))
+    proc.start()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny BERT with peaked outputs, 20 labelled texts, and the single-process run of them."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("distributed")
+    model_dir = d / "model"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tok = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), do_lower_case=True, model_max_length=32)
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, num_labels=2, initializer_range=0.5,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(cfg).eval().save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    rng = random.Random(0)
+    rows = [(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 24))), rng.randint(0, 1)) for _ in range(20)]
+    data = d / "data.tsv"
+    data.write_text("text\ty\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    args = ["--data", str(data), "--text-column", "text", "--label-column", "y", "--model", str(model_dir),
+            "--methods", "all", "--protocol", "paper", "--batch-size", "2", "--head-mask", "none",
+            "--threads", "1", "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--out", str(d / "single")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"dir": d, "args": args, "single": d / "single", "model": model_dir, "data": data}
+
+
+def comparable(out: Path) -> dict:
+    """results.json without its timing fields, and the table without its time columns."""
+    res = json.loads((out / "results.json").read_text())
+    res["results"] = [{k: v for k, v in r.items() if k not in TIMING} for r in res["results"]]
+    res["config"] = {k: v for k, v in res["config"].items() if k not in CONFIG_TIMING | {"command"}}
+    table = [re.sub(r"\| [\d.]+ \| [\d.]+ \|$", "|", line) for line in (out / "results.md").read_text().splitlines()
+             if line.startswith("| ")]
+    return {"json": res, "table": table}
+
+
+def test_single_process_results_are_real(toy: dict) -> None:
+    res = json.loads((toy["single"] / "results.json").read_text())
+    rows = {(r["protocol"], r["method"]): r for r in res["results"]}
+    assert res["complete"] and res["config"]["shards"] == 10 and res["config"]["seconds_per_rank"][0] > 0
+    assert rows[("paper", "Saliency")]["examples"] == 20
+    aopcs = [r["aopc"] for (p, _), r in rows.items() if p == "paper"]
+    assert max(aopcs) > 0.05 and len({round(a, 6) for a in aopcs}) > 8  # the methods differ
+    assert not list(toy["single"].glob("partial-*"))  # a complete run leaves no partial results
+
+
+def test_two_gloo_processes_give_the_single_process_results(toy: dict) -> None:
+    out = toy["dir"] / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "benchmarks.run", *toy["args"], "--out", str(out)],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert comparable(out) == comparable(toy["single"])
+    assert json.loads((out / "results.json").read_text())["curves"] == \
+        json.loads((toy["single"] / "results.json").read_text())["curves"]
+    # progress per rank, a merged summary from rank 0 only
+    assert "rank 0/2: 5 of 10 shards to explain on cpu" in proc.stderr
+    assert "rank 1/2: 5 of 10 shards to explain on cpu" in proc.stderr
+    assert re.search(r"rank 0: 5 shards \(\d+ examples\)", proc.stdout)
+    assert re.search(r"rank 1: 5 shards \(\d+ examples\)", proc.stdout)
+    assert proc.stdout.count("2 process(es)") == 1
+    assert len(json.loads((out / "results.json").read_text())["config"]["seconds_per_rank"]) == 2
+
+
+def test_a_killed_run_resumes_where_it_stopped(toy: dict, capsys: pytest.CaptureFixture) -> None:
+    out = toy["dir"] / "killed"
+    proc = fork_run([*toy["args"], "--out", str(out)], ROOT, toy["dir"] / "killed.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("partial-*/shard-*.pt")):
+            assert proc.is_alive(), (toy["dir"] / "killed.log").read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)  # after its first shard: no clean-up of any kind
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == -signal.SIGKILL
+    (partial,) = out.glob("partial-*")
+    finished = PartialResults(partial).done()
+    assert 1 <= len(finished) < 10 and not (out / "results.json").exists()
+
+    threads = torch.get_num_threads()
+    try:
+        # a changed configuration does not read them
+        assert main([*toy["args"], "--ig-steps", "7", "--out", str(out)]) == 0
+        assert "read from an earlier run" not in capsys.readouterr().out
+        assert partial.is_dir() and PartialResults(partial).done() == finished
+        # the same command again redoes only the shards without a file
+        assert main([*toy["args"], "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert f"{len(finished)} of 10 shards read from an earlier run" in capsys.readouterr().out
+    assert comparable(out) == comparable(toy["single"])
+    assert not partial.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_that_disagree_on_the_data_fail_on_every_rank(toy: dict) -> None:
+    """Two ranks started as torchrun starts them (its environment variables), each with its own
+    data.tsv in its folder: both stop, naming what differs."""
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        cwd = toy["dir"] / f"rank{rank}"
+        cwd.mkdir()
+        lines = toy["data"].read_text().splitlines()
+        (cwd / "data.tsv").write_text("\n".join(lines[:-1] if rank else lines) + "\n")
+        procs.append(fork_run(["--data", "data.tsv", "--text-column", "text", "--label-column", "y", "--model",
+                               str(toy["model"]), "--methods", "Random", "--out", "out", "--no-progress"],
+                              cwd, cwd / "log", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                              LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+    for rank, proc in enumerate(procs):
+        proc.join(120)
+        err = (toy["dir"] / f"rank{rank}" / "log").read_text()
+        assert proc.exitcode == 2, err[-3000:]
+        errors = [line for line in err.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and re.fullmatch(
+            r"python -m benchmarks.run: error: the ranks disagree on the data: rank 0 has \w{12}, rank 1 has \w{12} "
+            r"\(every rank must run the same command on the same files\)", errors[0]), err[-3000:]
+        assert not (toy["dir"] / f"rank{rank}" / "out").exists()
+
+
+def test_fingerprints_follow_the_model_and_the_data(toy: dict, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(toy["model"])
+    before = model_digest(model)
+    assert model_digest(AutoModelForSequenceClassification.from_pretrained(toy["model"])) == before
+    with torch.no_grad():
+        model.classifier.bias[0] += 1e-6
+    assert model_digest(model) != before
+    assert digest([["a", "b"], None, [0, 1]]) != digest([["a", "b"], None, [1, 0]])
+    # a temporary file left by a kill is not a finished shard
+    store = PartialResults(tmp_path / "p")
+    store.save(3, {"x": torch.ones(2)})
+    (store.folder / ".shard-00004.123.tmp").write_bytes(b"half")
+    assert store.done() == {3} and store.load(3)["x"].tolist() == [1.0, 1.0]
