@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .cli import UsageError
 
-__all__ = ["Ranks", "resolve_device"]
+__all__ = ["Ranks", "resolve_device", "share"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,24 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         raise UsageError(f"local rank {local_rank} has no GPU of its own ({count} visible): "
                          f"launch at most {count} processes per machine, or use --device cpu")
     return torch.device("cuda", local_rank)
+
+
+def share(costs: Mapping[int, float], world_size: int) -> list[list[int]]:
+    """Items (index -> cost) shared among ``world_size`` ranks: the costliest first, each to the
+    least loaded rank so far (ties: the lower rank), every list in index order. The same on every rank.
+
+    Example::
+
+        >>> share({0: 4, 1: 3, 2: 2, 3: 2, 4: 1}, 2)
+        [[0, 3], [1, 2, 4]]
+    """
+    load = [0.0] * world_size
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(costs, key=lambda i: (-costs[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        out[r].append(i)
+        load[r] += costs[i]
+    return [sorted(x) for x in out]
 
 
 @dataclass

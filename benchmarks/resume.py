@@ -19,13 +19,14 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -72,8 +73,11 @@ def model_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def code_digest(packages: Iterable[str] = ("captum_attcat", "benchmarks")) -> str:
-    """sha256 of the Python sources of ``packages`` (a code change never reuses old results).
+@functools.lru_cache(maxsize=None)
+def code_digest(packages: tuple[str, ...] = ("captum_attcat", "benchmarks")) -> str:
+    """sha256 of the Python sources of ``packages`` (a code change never reuses old results),
+    read once per process: the code it runs is the code it imported, whatever happens to the
+    files afterwards.
 
     Example::
 

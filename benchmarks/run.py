@@ -50,7 +50,7 @@ from .cli import ArgumentParser, UsageError, check_model_path, positive_int, run
 from .data import VENDORED_DIR, EncodedBatch, Examples, encode_batches, load_file, load_task, model_max_length
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
-from .distributed import Ranks
+from .distributed import Ranks, share
 from .resume import PartialResults, code_digest, digest, fingerprint, model_digest
 
 __all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "explain_shard", "merge_shards",
@@ -637,6 +637,7 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
     if a.data and not Path(a.data).is_file():
         raise UsageError(f"--data {a.data}: no such file")
 
+    code_digest()  # the sources as imported, before anything can change them
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.task == "squad":
@@ -703,7 +704,7 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
         for i in have:
             owner.setdefault(i, r)
     todo = [i for i in range(len(shards)) if i not in owner]
-    mine = todo[ranks.rank::ranks.world_size]
+    mine = share({i: shards[i].input_ids.numel() for i in todo}, ranks.world_size)[ranks.rank]  # by padded tokens
     who = f"rank {ranks.rank}/{ranks.world_size}: " if ranks.distributed else ""
     if progress or ranks.distributed:
         print(f"{who}{len(mine)} of {len(shards)} shards to explain on {ranks.device}"
