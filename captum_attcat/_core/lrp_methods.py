@@ -157,8 +157,9 @@ class LRPAttribution(TransformerAttribution):
                             parameter.requires_grad_(False)
                         # the user's backward hooks would receive relevance as if it were a gradient
                         for module in root.modules():
-                            hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
-                            module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
+                            if module._backward_hooks or module._backward_pre_hooks:
+                                hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
+                                module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
                     handles = recorder.hook_outputs(adapter.hooked_attention)
                     whole = activation_modules(adapter.roots) + normalization_modules(adapter.roots)
                     with states, lrp_forward(propagation, whole, start=adapter.blocks[0],

@@ -69,7 +69,7 @@ def explanation_mode(modules: Sequence[Module], configs: Sequence[Any]) -> Itera
 def _switched(modules: Sequence[Module], configs: Sequence[Any]) -> Iterator[None]:
     every = list({id(m): m for root in modules for m in root.modules()}.values())
     training = [m for m in every if m.training]
-    flags = [(p, p.requires_grad) for m in every for p in m.parameters(recurse=False)]
+    flags = [(p, p.requires_grad) for m in every for p in m._parameters.values() if p is not None]
     try:
         with attention_implementation(configs):
             for module in training:

@@ -298,8 +298,9 @@ class _IdentityImplicit(Function):
         if ctx.output._version != ctx.output_version:
             raise RuntimeError("the output of an elementwise operation was changed in place before the backward")
         wide = torch.promote_types(x.dtype, torch.float32)
-        ratio = torch.where(x != 0, ctx.output.to(wide) / x.to(wide), 0)
-        return (grad.to(wide) * ratio).to(x.dtype), None
+        # y / x, and 0 where x is 0 (0 / 0 and y / 0 are not finite)
+        ratio = torch.nan_to_num_(ctx.output.to(wide) / x.to(wide), nan=0.0, posinf=0.0, neginf=0.0)
+        return ratio.mul_(grad).to(x.dtype), None
 
 
 class _Halved(Function):
@@ -321,21 +322,16 @@ class _CenteredNorm(Function):
     linear layers, as AttnLRP's reference code computes it."""
 
     @staticmethod
-    def forward(ctx, x, y, dims, weight, eps):  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.dims, ctx.eps = dims, eps
+    def forward(ctx, x, y, inverse_std, dims, weight):  # type: ignore[override]
+        ctx.save_for_backward(inverse_std, weight)
+        ctx.dims = dims
         return y.detach()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        wide = torch.promote_types(x.dtype, torch.float32)
-        x, scaled = x.to(wide), grad.to(wide)
-        if weight is not None:
-            scaled = scaled * weight.to(wide)
-        std = x.var(ctx.dims, unbiased=False, keepdim=True).add_(ctx.eps).sqrt_()
-        result = (scaled - scaled.mean(ctx.dims, keepdim=True)) / std
-        return result.to(grad.dtype), None, None, None, None
+        inverse_std, weight = ctx.saved_tensors
+        scaled = grad if weight is None else grad * weight
+        return (scaled - scaled.mean(ctx.dims, keepdim=True)).mul_(inverse_std), None, None, None, None
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, rule: Any, propagation: Propagation) -> Tensor:
@@ -553,15 +549,16 @@ _OWN_GRADIENT = {torch.softmax, Tensor.softmax, F.softmax, F.dropout, torch.neg,
 
 
 def _centered_norm(propagation: Propagation, func: Any, args: tuple, kwargs: dict) -> Tensor:
-    """``F.layer_norm`` in gradient x input form (see :class:`_CenteredNorm`)."""
+    """``F.layer_norm`` in gradient x input form (see :class:`_CenteredNorm`): the output and the
+    inverse standard deviation from the same kernel (``torch.native_layer_norm``)."""
     names = ("input", "normalized_shape", "weight", "bias", "eps")
     values = {**dict(zip(names, args)), **kwargs}
     x, shape = values["input"], values["normalized_shape"]
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = [shape] if isinstance(shape, int) else list(shape)
+    weight, bias, eps = values.get("weight"), values.get("bias"), values.get("eps", 1e-5)
     with _suspended(propagation), torch.no_grad():
-        y = func(*args, **kwargs)
-    dims = tuple(range(-len(shape), 0))
-    return _CenteredNorm.apply(x, y, dims, values.get("weight"), values.get("eps", 1e-5))
+        y, _, inverse_std = torch.native_layer_norm(x, shape, weight, bias, eps)
+    return _CenteredNorm.apply(x, y, inverse_std, tuple(range(-len(shape), 0)), weight)
 
 
 def _operands(args: tuple, kwargs: dict) -> tuple[Any, Any]:
