@@ -203,7 +203,7 @@ def test_padded_batch_equals_one_by_one(refine):
     for row, n in enumerate(lengths):
         alone = explainer.attribute(ids[row : row + 1, :n], target=target[row])[0]
         torch.testing.assert_close(batch[row, :n], alone, rtol=1e-5, atol=1e-5)
-        assert batch[row, n:].eq(0).all()  # padding scores 0
+        assert not batch[row, n:].signbit().any() and batch[row, n:].eq(0).all()  # padding scores 0 (not -0)
         if n > 1:
             assert alone.min() == 0 and alone.max() == 1  # min-max scaled over the real tokens
     assert batch[1].eq(0).all()  # one token: a constant map

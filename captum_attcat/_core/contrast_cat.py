@@ -24,7 +24,7 @@ def min_max(maps: Tensor, real: Tensor) -> Tensor:
     """Maps ``(..., seq)`` scaled to [0, 1] over the tokens where ``real`` is 1 (0 if constant, 0 elsewhere)."""
     low = maps.masked_fill(real == 0, float("inf")).amin(-1, keepdim=True)
     span = maps.masked_fill(real == 0, -float("inf")).amax(-1, keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), 0) * real
+    return torch.where((span > 0) & (real > 0), (maps - low) / torch.where(span > 0, span, 1), 0)
 
 
 @register_method("ContrastCAT")
