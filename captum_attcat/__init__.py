@@ -21,7 +21,7 @@ from ._core.attention_baselines import (
 from ._core.lrp_methods import LRPAttribution, PartialLRP, TransAtt, TransformerLRP
 from ._core.mask_lrp import MaskLRP
 from ._core.base import TransformerAttribution
-from ._core.registry import METHODS, register_method
+from ._core.registry import METHODS, missing_arguments, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
 from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
 from .models.adapters import TransformerAdapter, logits_of
@@ -56,6 +56,7 @@ __all__ = [
     "TransformerLRP",
     "head_statistics",
     "logits_of",
+    "missing_arguments",
     "read_conllu",
     "register_method",
     "span_attribution",

@@ -183,11 +183,16 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
     #: whether the method reads attention probabilities (then ``attention_modules`` are required)
     needs_attention: bool = True
     #: time budget in multiples of the gradient floor (one forward + the gradient of
-    #: the explained scores w.r.t. the embedding output), checked by ``benchmarks.speed``
-    floor_budget: float = 1.3
+    #: the explained scores w.r.t. the embedding output), checked by ``benchmarks.speed``;
+    #: ``None``: no budget (the harness times such a method in fewer runs, as Integrated Gradients)
+    floor_budget: float | None = 1.3
     #: whether the attribution is linear in the explained score (the attribution of a sum of
     #: scores is the sum of their attributions): an AnswerSpan is then explained in one pass
     linear_in_target: bool = False
+    #: constructor arguments without which the method is another one (MaskLRP without a head mask
+    #: is TransAtt): argument -> what to pass; tools that build methods by name supply them or
+    #: leave the method out, saying why (see :func:`~captum_attcat.missing_arguments`)
+    required_arguments: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -27,6 +27,10 @@ def min_max(maps: Tensor, real: Tensor) -> Tensor:
     return torch.where((span > 0) & (real > 0), (maps - low) / torch.where(span > 0, span, 1), 0)
 
 
+#: tokens per batch of the deletion test's masked forwards (memory stays bounded for long texts)
+_DELETION_TOKENS = 4096
+
+
 @register_method("ContrastCAT")
 class ContrastCAT(TransformerAttribution):
     r"""Contrast-CAT: with ``h(l)`` block ``l``'s input, ``g(l) = dy/dh(l)`` and ``a(l)`` the attention tokens
@@ -48,6 +52,10 @@ class ContrastCAT(TransformerAttribution):
         >>> explainer = ContrastCAT(model, references=train_ids, reference_args=(train_mask,))
         >>> explainer.attribute(input_ids, target=1, additional_forward_args=(attention_mask,))  # (batch, seq)
     """
+
+    floor_budget = None  # no budget: the deletion test runs n_references x 9 masked forwards per example
+    required_arguments = {"references": "a reference set, token ids (n, seq) with `reference_args=(mask,)`, e.g. "
+                                        "correctly classified training sentences; without one ContrastCAT is AttCAT"}
 
     def __init__(self, forward_func: Module | Callable[..., Any], layers: Sequence[Module] | None = None,
                  attention_modules: Sequence[Module] | None = None, references: Tensor | None = None,
@@ -74,7 +82,11 @@ class ContrastCAT(TransformerAttribution):
             rest = [a[b : b + 1].expand(len(masks), *a.shape[1:]) if isinstance(a, Tensor) and a.dim() else a
                     for a in args[1:]]
             masks = masks.to(args[0].dtype if args and isinstance(args[0], Tensor) else torch.long)
-            p = self._probabilities(inputs[b : b + 1].expand(len(masks), *inputs.shape[1:]), masks, *rest)
+            rows = max(1, _DELETION_TOKENS // masks.shape[-1])  # the masked forwards in bounded batches
+            p = torch.cat([self._probabilities(inputs[b : b + 1].expand(len(part), *inputs.shape[1:]), part,
+                                               *[r[: len(part)] if isinstance(r, Tensor) and r.dim() else r
+                                                 for r in rest])
+                           for part in masks.split(rows)])
             scores.append((p[0, classes[b]] - p[1:, classes[b]]).view(hidden.shape[:2]).mean(1))
         return torch.stack(scores)
 

@@ -113,6 +113,9 @@ class MaskLRP(LRPAttribution):
         >>> MaskLRP(model, head_mask=mask.random(seed=0))    # the random-mask ablation
     """
 
+    required_arguments = {"head_mask": "a HeadMask (HeadMask.load(path), or HeadMask.from_statistics(head_statistics("
+                                       "model, tokenizer, sentences))); without one MaskLRP is TransAtt"}
+
     relevance_may_vanish = True  # masked heads pass no relevance down
 
     def __init__(

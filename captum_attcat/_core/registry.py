@@ -10,7 +10,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 METHODS: dict[str, type] = {}
 
@@ -27,3 +27,16 @@ def register_method(name: str) -> Callable[[T], T]:
         return cls
 
     return register
+
+
+def missing_arguments(cls: type, given: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The required constructor arguments of method ``cls`` (its ``required_arguments``) that
+    ``given`` lacks (or has as ``None``): argument -> what to pass.
+
+    Example::
+
+        >>> missing_arguments(METHODS["MaskLRP"], {})
+        {'head_mask': 'a HeadMask ...'}
+    """
+    given = given or {}
+    return {name: what for name, what in getattr(cls, "required_arguments", {}).items() if given.get(name) is None}

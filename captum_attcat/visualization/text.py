@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .._core.registry import METHODS
+from .._core.registry import METHODS, missing_arguments
 from .records import merge_subwords
 
 
@@ -47,6 +47,8 @@ class TextExplanation:
     class_names: list[str] | None = None
     text: str | None = None
     word_ids: list[int | None] | None = None
+    #: methods left out because a required constructor argument was not given: name -> what it needs
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def add(self, method: str, scores: Tensor | Sequence[float]) -> "TextExplanation":
         """Add (a copy of) the ``(len(tokens),)`` scores of another method; returns ``self``."""
@@ -106,7 +108,9 @@ def explain_text(
         model: a Hugging Face sequence classifier.
         tokenizer: its tokenizer (a fast one gives ``word_ids`` for merging subwords).
         text: the text to explain.
-        methods: names in :data:`captum_attcat.METHODS` (default: all, sorted).
+        methods: names in :data:`captum_attcat.METHODS` (default: all, sorted; those with a
+            required argument missing from ``init_kwargs``, such as MaskLRP's head mask, are then
+            left out and listed in ``skipped``; named explicitly, they raise).
         target: the class to explain (default: the predicted class).
         init_kwargs: per method name, extra constructor arguments.
         attribute_kwargs: per method name, extra ``attribute`` arguments.
@@ -126,6 +130,12 @@ def explain_text(
         raise KeyError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
     if not names:
         raise ValueError("`methods` is empty: name at least one method of captum_attcat.METHODS")
+    missing = {n: missing_arguments(METHODS[n], (init_kwargs or {}).get(n)) for n in names}
+    missing = {n: m for n, m in missing.items() if m}
+    if missing and methods is not None:
+        name, needs = next(iter(missing.items()))
+        argument, what = next(iter(needs.items()))
+        raise ValueError(f"{name} needs `{argument}` in init_kwargs[{name!r}]: {what}")
     encoding = tokenizer(text, return_tensors="pt")
     device = next(model.parameters()).device
     input_ids = encoding["input_ids"].to(device)
@@ -146,7 +156,9 @@ def explain_text(
         text=text,
         word_ids=word_ids,
     )
-    for name in names:
+    for name, needs in missing.items():
+        explanation.skipped[name] = "; ".join(f"`{argument}`: {what}" for argument, what in needs.items())
+    for name in (n for n in names if n not in missing):
         explainer = METHODS[name](model, **dict((init_kwargs or {}).get(name, {})))
         scores = explainer.attribute(
             input_ids, target=target, additional_forward_args=(attention_mask,),

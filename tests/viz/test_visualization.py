@@ -165,7 +165,15 @@ def test_records_without_merge_keep_tokens_and_check_shapes(model, tokenizer):
 
 def test_explain_text_runs_the_registered_methods(model, tokenizer):
     explanation = explain_text(model, tokenizer, TEXT)
-    assert list(explanation.scores) == sorted(METHODS)
+    needing = {name for name, cls in METHODS.items() if cls.required_arguments}
+    assert {"MaskLRP", "ContrastCAT"} <= needing
+    assert list(explanation.scores) == sorted(set(METHODS) - needing)
+    assert set(explanation.skipped) == needing and "head_mask" in explanation.skipped["MaskLRP"]
+    with pytest.raises(ValueError, match="MaskLRP needs `head_mask`"):
+        explain_text(model, tokenizer, TEXT, methods=["MaskLRP"])
+    mask = torch.ones(model.config.num_hidden_layers, model.config.num_attention_heads)
+    given = explain_text(model, tokenizer, TEXT, methods=["MaskLRP"], init_kwargs={"MaskLRP": {"head_mask": mask}})
+    assert list(given.scores) == ["MaskLRP"] and not given.skipped
     ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
     predicted = int(model(ids).logits.argmax())
     assert explanation.target == explanation.predicted == predicted
