@@ -165,14 +165,23 @@ def _prepare(model: Any, tokenizer: Any, batch: EncodedBatch, protocols: Sequenc
     return out
 
 
-def _constructor_kwargs(cls: type, given: dict[str, Any], seed: int) -> dict[str, Any]:
-    """``given``, plus ``seed`` for a method that takes one (the random floor): seeded per
-    shard, its draws do not depend on which process explains the shard."""
+def _explainer(name: str, cls: type, model: Any, given: dict[str, Any], seed: int, built: dict[str, Any] | None
+               ) -> Any:
+    """An instance of ``cls`` on ``model``. A method that takes a ``seed`` (the random floor) is
+    built anew with the shard's seed, so its draws do not depend on which process explains which
+    shards; the others are built once and kept in ``built`` under their name (their caches serve
+    every shard)."""
     try:
-        takes_seed = "seed" in inspect.signature(cls).parameters
+        seeded = "seed" in inspect.signature(cls).parameters and "seed" not in given
     except (TypeError, ValueError):
-        takes_seed = False
-    return {"seed": seed, **given} if takes_seed else dict(given)
+        seeded = False
+    if seeded:
+        return cls(model, seed=seed, **given)
+    if built is None:
+        return cls(model, **given)
+    if name not in built:
+        built[name] = cls(model, **given)
+    return built[name]
 
 
 def explain_shard(
@@ -189,6 +198,7 @@ def explain_shard(
     cache: ForwardCache | None = None,
     method_kwargs: dict[str, dict[str, Any]] | None = None,
     on_method: Any = None,
+    explainers: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Explain one shard (an encoded batch) with every method and score it under every protocol.
 
@@ -198,7 +208,8 @@ def explain_shard(
     "seconds": {protocol: s}, "metric_forwards": n, "metric_forwards_saved": n}``, per-example
     values in the batch's row order. The result depends only on the shard and ``seed`` (methods
     that take a ``seed`` get it), never on what else the process explains. ``on_method(protocol,
-    method)`` is called before each method (progress).
+    method)`` is called before each method (progress). Pass the same ``explainers`` dict to
+    every shard of a run to build each method once (a seeded one is built per shard).
 
     Example::
 
@@ -231,7 +242,7 @@ def explain_shard(
             if on_method is not None:
                 on_method(protocol.name, name)
             try:
-                explainer = cls(model, **_constructor_kwargs(cls, (method_kwargs or {}).get(name, {}), seed))
+                explainer = _explainer(name, cls, model, (method_kwargs or {}).get(name, {}), seed, explainers)
                 # reference AttCAT: [CLS]/[SEP] hidden, yet every real token's query row averaged
                 rows_kw = protocol.all_query_rows and "query_mask" in inspect.signature(explainer.attribute).parameters
                 t0 = time.perf_counter()
@@ -345,9 +356,10 @@ def evaluate_methods(
     from tqdm.auto import tqdm
 
     shards = shards_of(examples, tokenizer, model, batch_size, max_tokens)
+    built: dict[str, Any] = {}
     payloads = [explain_shard(model, tokenizer, b, methods, [protocol], task=task, seed=i,
                               metric_batch_size=metric_batch_size, kendall=kendall, cache=cache,
-                              method_kwargs=method_kwargs)
+                              method_kwargs=method_kwargs, explainers=built)
                 for i, b in enumerate(tqdm(shards, desc=protocol.name, unit="shard", disable=not progress,
                                            leave=False))]
     return merge_shards(payloads, list(methods), [protocol], kendall)
@@ -711,12 +723,13 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
               + (f" ({len(owner)} finished earlier, in {store.folder})" if owner else ""), file=sys.stderr)
     payloads = {i: store.load(i) for i, r in owner.items() if r == ranks.rank}
     t_rank, cpu_rank = time.perf_counter(), time.process_time()
+    built: dict[str, Any] = {}
     bar = tqdm(mine, desc=f"rank {ranks.rank}" if ranks.distributed else "shards", unit="shard",
                disable=not progress, position=ranks.local_rank if ranks.distributed else None)
     try:
         for i in bar:
             payload = explain_shard(model, tokenizer, shards[i], methods, protos, task=task, seed=i,
-                                    kendall=a.kendall, method_kwargs=method_kwargs,
+                                    kendall=a.kendall, method_kwargs=method_kwargs, explainers=built,
                                     on_method=lambda p, m: bar.set_postfix_str(f"{p}:{m}", refresh=False))
             if not shard_failed(payload):  # a failed shard is redone by the next run
                 store.save(i, payload)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -47,6 +48,14 @@ def fork_run(argv: list[str], cwd: Path, log: Path, **environment: str) -> multi
     proc = multiprocessing.get_context("fork").Process(target=_child, args=(argv, str(cwd), environment, str(log)))
     proc.start()
     return proc
+
+
+@pytest.fixture(autouse=True)
+def keep_threads() -> Iterator[None]:
+    """``--threads`` sets this process's thread count: put it back after each test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +207,26 @@ def test_fingerprints_follow_the_model_and_the_data(toy: dict, tmp_path: Path) -
     store.save(3, {"x": torch.ones(2)})
     (store.folder / ".shard-00004.123.tmp").write_bytes(b"half")
     assert store.done() == {3} and store.load(3)["x"].tolist() == [1.0, 1.0]
+
+
+def test_shards_go_to_the_least_loaded_rank() -> None:
+    from benchmarks.distributed import share
+
+    # by padded tokens, costliest first: every rank ends with about the same work
+    costs = {i: c for i, c in enumerate([1024, 1024, 990, 1020, 1000, 300])}
+    assert share(costs, 2) == [[0, 3, 5], [1, 2, 4]]  # 2344 and 3014 tokens
+    assert share(costs, 1) == [[0, 1, 2, 3, 4, 5]]
+    assert share({0: 5}, 3) == [[0], [], []]
+
+
+def test_what_cannot_run_on_these_ranks_is_refused(toy: dict, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    if not torch.cuda.is_available():
+        assert main([*toy["args"], "--device", "cuda", "--out", str(toy["dir"] / "cuda")]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == \
+            "python -m benchmarks.run: error: --device cuda: CUDA is not available on this machine"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--task", "squad", "--limit", "2", "--out", str(toy["dir"] / "squad")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("python -m benchmarks.run: error: --task squad runs "
+                                                                "in one process: launch it with python, not torchrun")
+    assert not (toy["dir"] / "cuda").exists() and not (toy["dir"] / "squad").exists()
