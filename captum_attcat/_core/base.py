@@ -193,6 +193,8 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
     #: is TransAtt): argument -> what to pass; tools that build methods by name supply them or
     #: leave the method out, saying why (see :func:`~captum_attcat.missing_arguments`)
     required_arguments: dict[str, str] = {}
+    #: whether the method explains class targets only (no positions, answer spans or next tokens)
+    class_targets_only: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -64,6 +64,11 @@ class ContrastCAT(TransformerAttribution):
         self.references = None if references is None else self._prepare(references, reference_args)
         self.n_references, self.refine = n_references, refine
 
+    @property
+    def class_targets_only(self) -> bool:  # type: ignore[override]
+        """With references the explained class's probability ranks them: class targets only."""
+        return self.references is not None
+
     def _probabilities(self, inputs: Tensor, *args: Any, states: BlockStates | None = None) -> Tensor:
         with explanation_mode(self.adapter.roots, self.adapter.attention_configs), torch.no_grad():
             with states or nullcontext():
