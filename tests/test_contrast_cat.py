@@ -230,3 +230,27 @@ def test_references_need_a_class_target():
         assert torch.isfinite(scores).all() and scores[1, 4:].eq(0).all()
     with pytest.raises(ValueError, match=r"attention mask .* has shape \(2, 5\)"):
         ContrastCAT(model, references=ids, reference_args=(mask[:, :5],))
+
+
+def test_deletion_test_in_bounded_batches(monkeypatch):
+    """The deletion test's masked forwards, run a few rows at a time (long texts), give the same scores,
+    each batch with its example's segments."""
+    import captum_attcat._core.contrast_cat as module
+
+    model = tiny_bert(seed=5)
+    ids, mask = padded_batch([9, 12], seed=6)
+    types = (torch.arange(ids.shape[1]) >= 5).long() * mask
+    references, reference_mask = padded_batch([8, 11, 6, 10], seed=7)
+    explainer = ContrastCAT(model, references=references, reference_args=(reference_mask,), n_references=3)
+    calls = []
+    hook = model.bert.embeddings.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["token_type_ids"]), with_kwargs=True)
+    try:
+        whole = explainer.attribute(ids, target=[0, 2], additional_forward_args=(mask, types))
+        assert len(calls) == 2 + 2  # explained, references, one deletion batch per example
+        monkeypatch.setattr(module, "_DELETION_TOKENS", 5 * ids.shape[1])  # 5 rows a batch: 1 + 3 x 9 rows in 6
+        split = explainer.attribute(ids, target=[0, 2], additional_forward_args=(mask, types))
+    finally:
+        hook.remove()
+    assert len(calls) == 4 + 2 + 2 * 6 and all(t[:, 5:].any() for t in calls[6:])
+    torch.testing.assert_close(split, whole, rtol=1e-6, atol=1e-6)
