@@ -48,6 +48,7 @@ import torch
 from .baselines import BASELINES, token_type_kwargs
 from .cli import ArgumentParser, UsageError, check_model_path, positive_int, run_command
 from .data import VENDORED_DIR, EncodedBatch, Examples, encode_batches, load_file, load_task, model_max_length
+from .references import reference_set
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
 from .distributed import Ranks, share
@@ -551,7 +552,38 @@ def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any
             head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
         if not quiet:
             print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
+    if "ContrastCAT" in methods:
+        source = _reference_examples(a)
+        if source is None:  # without a reference set ContrastCAT would be AttCAT under another name
+            if a.methods.strip().lower() != "all":
+                raise UsageError("ContrastCAT needs a reference set: --references FILE (labelled examples, the "
+                                 "columns of --text-column/--label-column), or a task with training data (sst2)")
+            methods.pop("ContrastCAT")
+            if not quiet:
+                print("ContrastCAT left out: no reference set (--references FILE, or a task with training data)",
+                      file=sys.stderr)
+        else:
+            examples = align_labels(source, model.config)
+            references, reference_args = reference_set(examples, model, tokenizer)
+            method_kwargs["ContrastCAT"] = {"references": references, "reference_args": reference_args}
+            if not quiet:
+                print(f"ContrastCAT references: {len(references)} correctly classified examples of {examples.name}",
+                      file=sys.stderr)
     return method_kwargs, head_mask_source
+
+
+def _reference_examples(a: argparse.Namespace) -> Examples | None:
+    """Where ContrastCAT's reference set comes from (``--references``): a file, the task's
+    training data (``auto``: SST-2 train), or nowhere (``none``, or ``auto`` without training data)."""
+    if a.references == "none":
+        return None
+    if a.references != "auto":
+        if not Path(a.references).is_file():
+            raise UsageError(f"--references {a.references}: no such file")
+        return load_file(a.references, a.text_column, a.label_column)
+    if a.data is None and a.task == "sst2":
+        return load_task("sst2", "train")
+    return None
 
 
 def exit_status(results: Sequence[Any], out: Path, prefix: str = "") -> int:
@@ -626,6 +658,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-mask", default="auto",
                    help="MaskLRP's head mask: a HeadMask JSON, 'none', or 'auto' (<model>/head_mask.json, "
                         "else found on UD English EWT dev and saved there)")
+    p.add_argument("--references", default="auto",
+                   help="ContrastCAT's reference set: 'auto' (the task's training data: SST-2 train), a labelled "
+                        "file with the columns of --text-column/--label-column, or 'none' (ContrastCAT left out); "
+                        "50 correctly classified examples of >= 10 tokens per class are drawn")
     p.add_argument("--ig-steps", type=positive_int, default=20,
                    help="Integrated Gradients steps (Gauss-Legendre; Captum's default is 50)")
     p.add_argument("--k", type=positive_int, default=20, help="squad: the K of Precision@K (default 20, as both papers)")
@@ -698,6 +734,9 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
                                   if t is not None]),
         "model": model_digest(model),
         "head mask": digest(None if head_mask is None else head_mask.mask.tolist()),
+        "references": digest([t.tolist() for t in (method_kwargs.get("ContrastCAT", {}).get("references"),
+                                                   *method_kwargs.get("ContrastCAT", {}).get("reference_args", ()))
+                              if t is not None]),
         "settings": digest({"task": task, "split": None if a.data else a.split, "limit": a.limit,
                             "columns": [a.text_column, a.label_column] if a.data else None, "methods": list(methods),
                             "protocols": [x.to_dict() for x in protos], "batch_size": a.batch_size,

@@ -349,3 +349,23 @@ def test_explanations_batched_by_a_token_budget_give_the_same_results(tiny_model
     for a, b in zip(unbounded, bounded):
         assert a.error is None and b.error is None and a.examples == b.examples == 7
         assert b.aopc == pytest.approx(a.aopc, abs=1e-6) and b.lodds == pytest.approx(a.lodds, abs=1e-5)
+
+
+def test_contrast_cat_gets_a_reference_set_or_is_left_out(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    """ContrastCAT runs with references drawn from --references; without a reference set it is left
+    out of 'all' (it would be AttCAT under another name) and refused when named."""
+    data = write_tsv(tmp_path / "data.tsv", ROWS)
+    common = ["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "4",
+              "--model", str(tiny_model_dir), "--batch-size", "4", "--no-progress"]
+    assert main([*common, "--methods", "ContrastCAT", "--out", str(tmp_path / "a")]) == 2
+    assert "ContrastCAT needs a reference set" in capsys.readouterr().err
+    assert main([*common, "--methods", "AttCAT,ContrastCAT", "--references", str(data), "--out", str(tmp_path / "b")]) == 0
+    assert "ContrastCAT references:" in capsys.readouterr().err
+    rows = {r["method"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())["results"]}
+    assert rows["ContrastCAT"]["error"] is None and rows["ContrastCAT"]["aopc"] != rows["AttCAT"]["aopc"]
+    assert main([*common, "--methods", "all", "--references", "none", "--out", str(tmp_path / "c")]) == 0
+    assert "ContrastCAT left out" in capsys.readouterr().err
+    methods = {r["method"] for r in json.loads((tmp_path / "c" / "results.json").read_text())["results"]}
+    assert "ContrastCAT" not in methods and {"AttCAT", "AttnLRP"} <= methods
+    assert main([*common, "--methods", "AttCAT", "--references", str(tmp_path / "missing.tsv"),
+                 "--out", str(tmp_path / "d")]) == 0  # unused when ContrastCAT is not run
