@@ -423,7 +423,29 @@ def test_alpha_beta_cache_follows_the_weights():
     rule.relevance(torch.randn(2, 4), weight, None, torch.randn(2, 3), torch.randn(2, 3))
     assert len(rule._splits) == 1
     del weight
-    assert not rule._splits
+    other = torch.randn(3, 4)
+    rule.relevance(torch.randn(2, 4), other, None, torch.randn(2, 3), torch.randn(2, 3))
+    assert list(rule._splits) == [id(other)]  # the freed weight's entry is gone
+
+
+def test_explainers_free_their_rules_caches():
+    """Explainers built one after another on one model (a server, a runner) leave nothing behind:
+    their rules, and with them the cached weight copies, are freed with them."""
+    import gc
+    import weakref
+
+    model = tiny_bert()
+    ids, mask = padded_batch([8, 5])
+    cached = []
+    for _ in range(3):
+        explainer = TransformerLRP(model)
+        explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+        entries = list(explainer.rules.linear._splits.values())
+        assert entries  # it did cache
+        cached += [weakref.ref(tensor) for _, copy, split in entries for tensor in (copy, *split)]
+        del explainer, entries
+    gc.collect()
+    assert all(tensor() is None for tensor in cached)
 
 
 def test_gpt2_conv1d_and_tanh_gelu_modules():

@@ -118,8 +118,8 @@ class AlphaBetaRule(LinearRule):
 
     The rule keeps ``2 [W+, W-]`` and ``|W|`` of each weight it has seen, with a copy of
     the weight: they are used only while the weight equals that copy bit for bit (so a
-    weight changed in any way, through ``.data`` too, is always seen), and dropped when
-    the weight is freed.
+    weight changed in any way, through ``.data`` too, is always seen); they are freed with
+    the rule (an explainer's), and those of a freed weight at the rule's next new weight.
     :math:`z^\pm` then costs one product more than the forward pass, since
     :math:`x W^T \pm |x| |W|^T = 2 z^\pm`, and :math:`(S W^+, S W^-)` one product:
     :math:`(S / 2) (2 W^\pm)` is the same float, as scaling by 2 is exact.
@@ -148,9 +148,9 @@ class AlphaBetaRule(LinearRule):
             return cached[2]
         wide = _wide(values)
         split = (torch.cat([wide.clamp(min=0).mul_(2), wide.clamp(max=0).mul_(2)], dim=1), wide.abs())
-        with self._lock:
-            if cached is None:
-                weakref.finalize(weight, self._splits.pop, key, None)
+        with self._lock:  # entries of freed weights go now; the rest goes with the rule (nothing global holds it)
+            for stale in [k for k, entry in self._splits.items() if entry[0]() is None]:
+                del self._splits[stale]
             self._splits[key] = (weakref.ref(weight), values.clone(), split)
         return split
 
