@@ -121,8 +121,12 @@ class PatternAttention(nn.Module):
             links = self.governor_of[tuple(input_ids[row, :length].tolist())]
             for query in range(width):
                 probs[row, 0, query, max(query - 1, 0)] = 1.0
-                probs[row, 1, query, links.get(query, query)] = 1.0
+                probs[row, 1, query, self.key(query, links)] = 1.0
         return probs
+
+    def key(self, query: int, links: dict[int, int]) -> int:
+        """Where head 1 of ``query`` attends: its governor's first piece, else itself."""
+        return links.get(query, query)
 
 
 class PatternModel(nn.Module):

@@ -17,6 +17,7 @@ from captum_attcat import CAT, AttCAT, MaskLRP, NextTokens, TransAtt, Transforme
 from captum_attcat.llm import LLMTransformerAttribution, template_features
 from conftest import assert_same_state, snapshot, tiny_bert
 from support_matrix import FAMILIES, tiny_model
+from test_heads import PatternAttention
 
 matplotlib.use("Agg")
 warnings.filterwarnings("ignore", message=".*generation flags.*")
@@ -246,27 +247,16 @@ def test_bad_arguments_are_refused_by_name(tokenizer):
 # --- head statistics of causal models (Mask-LRP on decoders) --------------------------------
 
 
-class CausalPatternAttention(torch.nn.Module):
+class CausalPatternAttention(PatternAttention):
     """Causal attention with two heads: head 0 attends to the previous word piece; head 1 from a
     dependent's first piece to its governor's first piece when the governor comes first, else to
     position 0."""
 
     is_causal = True
 
-    def __init__(self, governor_of: dict) -> None:
-        super().__init__()
-        self.governor_of = governor_of
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        batch, width = input_ids.shape
-        probs = torch.zeros(batch, 2, width, width)
-        for row in range(batch):
-            links = self.governor_of[tuple(input_ids[row, : int(attention_mask[row].sum())].tolist())]
-            for query in range(width):
-                probs[row, 0, query, max(query - 1, 0)] = 1.0
-                governor = links.get(query, 0)
-                probs[row, 1, query, governor if governor < query else 0] = 1.0
-        return probs
+    def key(self, query: int, links: dict[int, int]) -> int:
+        governor = links.get(query, 0)
+        return governor if governor < query else 0
 
 
 def test_causal_head_statistics_look_from_the_later_word_of_each_dependency():
