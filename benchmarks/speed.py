@@ -54,7 +54,6 @@ HEAD_MASK = Path(__file__).resolve().parents[1] / "docs" / "minilm_head_mask.jso
 #: the architecture measured (``--architecture``)
 ARCHITECTURES = ("bert", "llama")
 _architecture = "bert"
-_seq_len = 64
 
 
 def minilm_sized_model(seed: int = 0, architecture: str | None = None) -> torch.nn.Module:
@@ -99,24 +98,24 @@ def _integrated_gradients(model: torch.nn.Module) -> Callable[[Tensor, Tensor, T
 REFERENCES = 30
 
 
-def explainer_for(cls: type, model: torch.nn.Module) -> object:
+def explainer_for(cls: type, model: torch.nn.Module, seq_len: int = 64) -> object:
     """The explainer measured for ``cls``: its defaults plus its required arguments
     (``required_arguments``): MaskLRP's head mask :data:`HEAD_MASK`, ContrastCAT's reference set
-    (:data:`REFERENCES` random sentences of the measured length)."""
+    (:data:`REFERENCES` random sentences of ``seq_len`` tokens, the measured length)."""
     given: dict = {}
     for argument in missing_arguments(cls):
         if argument == "head_mask":
             given["head_mask"] = HeadMask.load(HEAD_MASK)
         elif argument == "references":
-            references = torch.randint(1000, 30000, (REFERENCES, _seq_len), generator=torch.Generator().manual_seed(7))
+            references = torch.randint(1000, 30000, (REFERENCES, seq_len), generator=torch.Generator().manual_seed(7))
             given.update(references=references, reference_args=(torch.ones_like(references),))
         else:
             raise ValueError(f"{cls.__name__} needs `{argument}`, which the speed harness cannot supply")
     return cls(model, **given)
 
 
-def _method_runner(cls: type, model: torch.nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    explainer = explainer_for(cls, model)
+def _method_runner(cls: type, model: torch.nn.Module, seq_len: int) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    explainer = explainer_for(cls, model, seq_len)
     return lambda ids, mask, target: explainer.attribute(ids, target=target, additional_forward_args=(mask,))
 
 
@@ -145,10 +144,8 @@ def measure(batch_size: int, seq_len: int = 64, repeats: int = 9, ig_repeats: in
     ids[:, 0], ids[:, -1] = 101, 102
     mask = torch.ones_like(ids)
     target = torch.randint(0, 2, (batch_size,), generator=generator)
-    global _seq_len
-    _seq_len = seq_len
     runners = {"floor": lambda i, m, t: gradient_floor(model, i, m, t)}
-    runners.update({name: _method_runner(cls, model) for name, cls in sorted(METHODS.items())
+    runners.update({name: _method_runner(cls, model, seq_len) for name, cls in sorted(METHODS.items())
                     if cls.floor_budget is not None})
     for run in runners.values():  # warm-up
         run(ids, mask, target)
@@ -157,7 +154,7 @@ def measure(batch_size: int, seq_len: int = 64, repeats: int = 9, ig_repeats: in
         for name, run in runners.items():
             times[name].append(_time(lambda: run(ids, mask, target)))
     # methods without a budget (ContrastCAT: dozens of forwards per example) and IG: ig_repeats runs each
-    slow = {name: _method_runner(cls, model) for name, cls in sorted(METHODS.items()) if cls.floor_budget is None}
+    slow = {name: _method_runner(cls, model, seq_len) for name, cls in sorted(METHODS.items()) if cls.floor_budget is None}
     slow["LayerIntegratedGradients"] = _integrated_gradients(model)
     for name, run in slow.items():
         times[name] = [_time(lambda: run(ids, mask, target)) for _ in range(ig_repeats)]
@@ -189,15 +186,13 @@ def _resident_kib(field: str) -> int:
 
 def _peak_in_this_process(name: str, batch_size: int, seq_len: int, threads: int) -> float:
     """MiB the resident memory grows by while ``name`` (or ``"floor"``) runs once."""
-    global _seq_len
-    _seq_len = seq_len
     torch.set_num_threads(threads)
     model = minilm_sized_model()
     generator = torch.Generator().manual_seed(batch_size)
     ids = torch.randint(1000, 30000, (batch_size, seq_len), generator=generator)
     mask = torch.ones_like(ids)
     target = torch.randint(0, 2, (batch_size,), generator=generator)
-    run = (lambda i, m, t: gradient_floor(model, i, m, t)) if name == "floor" else _method_runner(METHODS[name], model)
+    run = (lambda i, m, t: gradient_floor(model, i, m, t)) if name == "floor" else _method_runner(METHODS[name], model, seq_len)
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from what is resident now
     before = _resident_kib("VmRSS")
     run(ids, mask, target)
