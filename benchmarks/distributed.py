@@ -5,6 +5,12 @@
 rank runs on a GPU, gloo on CPU); without them it is a single rank and every collective is the
 identity. Each rank runs on its own device: ``cuda:LOCAL_RANK`` when CUDA is available.
 
+:func:`run_shards` is a run's work on these ranks, for every runner (classification, SQuAD):
+the shards finished by an earlier run are read from its :class:`~benchmarks.resume.PartialResults`,
+the others shared among the ranks by cost, each explained, saved as soon as it is done and
+gathered on rank 0 in shard order; :func:`finish_shards` removes the partial results once rank 0
+has written a complete run.
+
 Example::
 
     >>> ranks = Ranks.from_environment("cpu")
@@ -15,16 +21,19 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .cli import UsageError
+from .resume import PartialResults
 
-__all__ = ["Ranks", "resolve_device", "share"]
+__all__ = ["Ranks", "resolve_device", "share", "ShardResults", "run_shards", "finish_shards"]
 
 T = TypeVar("T")
 
@@ -147,3 +156,73 @@ class Ranks:
         if self.joined and dist.is_initialized():
             dist.destroy_process_group()
             self.joined = False
+
+
+@dataclass
+class ShardResults:
+    """What rank 0 gets back from :func:`run_shards`: every shard's payload in shard order, one
+    record per rank (``explained`` shards, ``examples``, ``seconds``, ``cpu_seconds`` of its own
+    work) and how many shards were read from an earlier run."""
+
+    payloads: list[dict[str, Any]]
+    per_rank: list[dict[str, Any]]
+    resumed: int
+
+
+def run_shards(ranks: Ranks, store: PartialResults, costs: Sequence[float],
+               explain: Callable[[int, Callable[[str], None]], dict[str, Any]], *, sizes: Sequence[int],
+               failed: Callable[[dict[str, Any]], bool], progress: bool = True) -> ShardResults | None:
+    """Explain the shards ``0 .. len(costs) - 1`` on these ranks; every shard's payload on rank 0
+    (``None`` on the others).
+
+    A shard that some rank's ``store`` holds (an earlier run of the same configuration) is read
+    there, not redone; the others go to the ranks by ``costs`` (:func:`share`), and each rank
+    calls ``explain(i, note)`` for its own (``note(text)`` shows text beside its progress bar),
+    saving each payload at once unless ``failed(payload)`` (a failed shard is redone by the
+    next run). ``sizes`` are the shards' example counts (for the per-rank summary).
+    """
+    from tqdm.auto import tqdm
+
+    n = len(costs)
+    owner: dict[int, int] = {}
+    for r, have in enumerate(ranks.all_gather(sorted(store.done() & set(range(n))))):
+        for i in have:
+            owner.setdefault(i, r)
+    todo = [i for i in range(n) if i not in owner]
+    mine = share({i: costs[i] for i in todo}, ranks.world_size)[ranks.rank]
+    who = f"rank {ranks.rank}/{ranks.world_size}: " if ranks.distributed else ""
+    if progress or ranks.distributed:
+        print(f"{who}{len(mine)} of {n} shards to explain on {ranks.device}"
+              + (f" ({len(owner)} finished earlier, in {store.folder})" if owner else ""), file=sys.stderr)
+    payloads = {i: store.load(i) for i, r in owner.items() if r == ranks.rank}
+    t_rank, cpu_rank = time.perf_counter(), time.process_time()
+    bar = tqdm(mine, desc=f"rank {ranks.rank}" if ranks.distributed else "shards", unit="shard",
+               disable=not progress, position=ranks.local_rank if ranks.distributed else None)
+    try:
+        for i in bar:
+            payload = explain(i, lambda text: bar.set_postfix_str(text, refresh=False))
+            if not failed(payload):
+                store.save(i, payload)
+            payloads[i] = payload
+    finally:
+        bar.close()
+    gathered = ranks.gather({"shards": payloads, "explained": len(mine), "examples": sum(sizes[i] for i in mine),
+                             "seconds": time.perf_counter() - t_rank, "cpu_seconds": time.process_time() - cpu_rank})
+    if gathered is None:
+        return None
+    everything: dict[int, dict[str, Any]] = {}
+    for g in gathered:
+        everything.update(g.pop("shards"))
+    missing = sorted(set(range(n)) - set(everything))
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} came back from no rank")
+    return ShardResults([everything[i] for i in range(n)], gathered, len(owner))
+
+
+def finish_shards(ranks: Ranks, store: PartialResults, status: int) -> int:
+    """Rank 0's exit status on every rank; a complete run (0) removes its partial results (an
+    incomplete one keeps them for the next run)."""
+    status = ranks.all_gather(status)[0]
+    if status == 0:
+        store.clear()
+    return status

@@ -17,6 +17,12 @@ Command line (through :mod:`benchmarks.run`)::
 
     python -m benchmarks.run --task squad --methods all [--protocol paper|attcat|masklrp|all] [--limit N]
         [--k 20] [--qa-target gold|predicted] [--data FILE.json|FILE.jsonl] [--model PATH] [--out DIR]
+    torchrun --nproc_per_node 2 -m benchmarks.run --task squad --methods all --threads 1
+
+The questions are sorted by window length and cut into shards (the explanation batches), each
+explained and scored on its own and saved as soon as it is done (a killed run started again
+redoes only the others); under ``torchrun`` the processes share the shards and rank 0 gathers
+them and writes the files once, the same as one process (:mod:`benchmarks.distributed`).
 
 Example::
 
@@ -40,11 +46,13 @@ import torch
 from captum_attcat import AnswerSpan
 
 from .data import token_batches
+from .distributed import Ranks, finish_shards, run_shards
 from .metrics import precision_at_k
+from .resume import PartialResults, code_digest, digest, fingerprint, model_digest
 from .squad import QAExample, QAWindow, answer_window, encode_windows, pad_windows, window_spans
 
-__all__ = ["QAQuestion", "QAProtocol", "QA_PROTOCOLS", "QAResult", "CURVE_KS", "prepare_questions", "evaluate_qa_methods", "write_qa_results",
-           "run_squad"]
+__all__ = ["QAQuestion", "QAProtocol", "QA_PROTOCOLS", "QAResult", "CURVE_KS", "prepare_questions", "qa_shards",
+           "explain_qa_shard", "merge_qa_shards", "evaluate_qa_methods", "write_qa_results", "run_squad"]
 
 #: the K of the Precision@K plot
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 40, 50)
@@ -140,6 +148,127 @@ def prepare_questions(model: Any, tokenizer: Any, examples: Sequence[QAExample],
     return questions, skipped
 
 
+def qa_shards(questions: Sequence[QAQuestion], batch_size: int = 32, max_tokens: int | None = 1024
+              ) -> list[list[int]]:
+    """The run's shards: the explanation batches of the questions sorted by window length (indices
+    into ``questions``), at most ``batch_size`` questions and ``max_tokens`` tokens once padded,
+    counted twice (the start and the end are explained side by side); the same whatever the
+    number of processes.
+
+    Example::
+
+        >>> qa_shards(questions, batch_size=2)  # doctest: +SKIP
+        [[3, 0], [1, 2], [4]]
+    """
+    order = sorted(range(len(questions)), key=lambda i: len(questions[i].window.input_ids))
+    budget = None if max_tokens is None else max(1, max_tokens // 2)
+    return [order[s] for s in token_batches([len(questions[i].window.input_ids) for i in order], batch_size, budget)]
+
+
+def explain_qa_shard(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[QAQuestion],
+    methods: dict[str, type],
+    protocols: Sequence[QAProtocol],
+    *,
+    ks: Sequence[int],
+    seed: int = 0,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+    explainers: dict[str, Any] | None = None,
+    on_method: Any = None,
+) -> dict[str, Any]:
+    """Explain one shard of questions (one padded batch) with every method, an
+    :class:`~captum_attcat.AnswerSpan` target on each protocol's span, and count the gold-answer
+    tokens among the top K for every K of ``ks``; protocols explaining the same span share the
+    explanations.
+
+    Returns plain data (what :class:`benchmarks.resume.PartialResults` stores): ``{"lengths":
+    gold answer lengths, "protocols": {protocol: {method: {"counts": (questions, len(ks)),
+    "explain_seconds", "error"}}}}``, rows in the order given. It depends only on the shard and
+    ``seed`` (methods that take a ``seed``, the random floor, are built with it); the other
+    methods are built once into ``explainers`` when given. ``on_method(target, method)`` is
+    called before each explanation (progress).
+    """
+    from .run import _explainer
+
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask, types, context = pad_windows([q.window for q in questions], pad, _device(model))
+    args = (mask,) if types is None else (mask, types)
+    first, last = [q.gold[0] for q in questions], [q.gold[1] for q in questions]
+    out: dict[str, Any] = {"lengths": torch.tensor([b - a + 1 for a, b in zip(first, last)], dtype=torch.float64),
+                           "protocols": {p.name: {} for p in protocols}}
+    for name, cls in methods.items():
+        rows = {p.name: {"explain_seconds": 0.0, "error": None} for p in protocols}
+        for p in protocols:
+            out["protocols"][p.name][name] = rows[p.name]
+        try:
+            explainer = _explainer(name, cls, model, (method_kwargs or {}).get(name, {}), seed, explainers)
+        except Exception as exc:  # a method that cannot handle this model: report, go on
+            for row in rows.values():
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            continue
+        for target in dict.fromkeys(p.target for p in protocols):
+            sharing = [p for p in protocols if p.target == target]
+            if on_method is not None:
+                on_method(target, name)
+            try:
+                t0 = time.perf_counter()
+                explained = [q.span(target) for q in questions]
+                span = AnswerSpan([a for a, _ in explained], [b for _, b in explained])
+                scores = explainer.attribute(ids, target=span, additional_forward_args=args).detach().float()
+                counts = {}
+                for p in sharing:
+                    rankable = context if p.ranked == "context" else mask
+                    counts[p.name] = torch.stack([precision_at_k(scores, None, first, last, k=x,
+                                                                 attention_mask=rankable)[0].double().cpu()
+                                                  for x in ks], 1)
+                seconds = time.perf_counter() - t0
+            except Exception as exc:
+                for p in sharing:
+                    rows[p.name]["error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            for p in sharing:
+                rows[p.name].update(counts=counts[p.name], explain_seconds=seconds)
+    return out
+
+
+def qa_shard_failed(payload: dict[str, Any]) -> bool:
+    """Whether a method failed on this shard (such a shard is not kept for resuming)."""
+    return any(r["error"] for rows in payload["protocols"].values() for r in rows.values())
+
+
+def merge_qa_shards(payloads: Sequence[dict[str, Any]], methods: Sequence[str], protocols: Sequence[QAProtocol],
+                    *, k: int, ks: Sequence[int]) -> list[QAResult]:
+    """The rows of every method and protocol from the shards' results (:func:`explain_qa_shard`,
+    all with the same ``ks``), given in shard order: per-question counts are concatenated in that
+    order before any mean, so the rows are the same whichever processes explained which shards.
+    A method that failed on any shard has ``error`` (the first failure) set."""
+    questions = sum(len(p["lengths"]) for p in payloads)
+    length = torch.cat([p["lengths"] for p in payloads]) if payloads else torch.zeros(0, dtype=torch.float64)
+    results: list[QAResult] = []
+    for name in methods:
+        for p in protocols:
+            parts = [x["protocols"][p.name][name] for x in payloads]
+            res = QAResult(p.name, name, questions, k)
+            results.append(res)
+            res.explain_seconds = round(sum(x["explain_seconds"] for x in parts), 3)
+            errors = [x["error"] for x in parts if x["error"]]
+            if errors:
+                res.error = errors[0]
+                continue
+            if not parts:
+                continue
+            counts = torch.cat([x["counts"] for x in parts])
+            for j, x in enumerate(ks):
+                c = counts[:, j].contiguous()
+                pct = 100 * c.mean() / length.mean() if p.percent == "ratio_of_means" else (100 * c / length).mean()
+                res.curve[x] = (float(c.mean()), float(pct))
+            res.count, res.percent = res.curve[k]
+    return results
+
+
 def evaluate_qa_methods(
     model: Any,
     tokenizer: Any,
@@ -158,68 +287,21 @@ def evaluate_qa_methods(
     each protocol's span) and score Precision@K of the gold answer, for ``k`` and every K of
     ``curve_ks``; protocols explaining the same span share the explanations.
 
-    Batches hold at most ``batch_size`` questions and ``max_tokens`` tokens once padded, counted
-    twice (the start and the end are explained side by side). A method that fails has ``error``
-    set in its rows.
+    The questions are cut into shards (:func:`qa_shards`: at most ``batch_size`` questions and
+    ``max_tokens`` tokens once padded, counted twice), each explained on its own
+    (:func:`explain_qa_shard`, the random floor seeded with the shard's index) and merged in
+    shard order (:func:`merge_qa_shards`), as the command line does in one process or many. A
+    method that fails has ``error`` set in its rows.
     """
     from tqdm.auto import tqdm
 
-    model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(questions)), key=lambda i: len(questions[i].window.input_ids))
-    ordered = [questions[i] for i in order]
-    budget = None if max_tokens is None else max(1, max_tokens // 2)
-    batches = [ordered[s] for s in token_batches([len(q.window.input_ids) for q in ordered], batch_size, budget)]
     ks = sorted(set(curve_ks) | {k})
-    results: list[QAResult] = []
-    for name, cls in methods.items():
-        rows = {p.name: QAResult(p.name, name, len(questions), k) for p in protocols}
-        results.extend(rows.values())
-        if not batches:
-            continue
-        try:
-            explainer = cls(model, **(method_kwargs or {}).get(name, {}))
-        except Exception as exc:  # a method that cannot handle this model: report, go on
-            for res in rows.values():
-                res.error = f"{type(exc).__name__}: {exc}"
-            continue
-        for target in dict.fromkeys(p.target for p in protocols):
-            sharing = [p for p in protocols if p.target == target]
-            counts = {(p.name, x): [] for p in sharing for x in ks}  # type: dict[tuple[str, int], list[torch.Tensor]]
-            lengths: list[torch.Tensor] = []
-            bar = tqdm(batches, desc=f"squad:{name}:{target}", unit="batch", disable=not progress, leave=False)
-            try:
-                t0 = time.perf_counter()
-                for part in bar:
-                    ids, mask, types, context = pad_windows([q.window for q in part], pad, _device(model))
-                    explained = [q.span(target) for q in part]
-                    span = AnswerSpan([a for a, _ in explained], [b for _, b in explained])
-                    args = (mask,) if types is None else (mask, types)
-                    scores = explainer.attribute(ids, target=span, additional_forward_args=args).detach().float()
-                    first, last = [q.gold[0] for q in part], [q.gold[1] for q in part]
-                    lengths.append(torch.tensor([b - a + 1 for a, b in zip(first, last)], dtype=torch.float64))
-                    for p in sharing:
-                        rankable = context if p.ranked == "context" else mask
-                        for x in ks:
-                            c, _ = precision_at_k(scores, None, first, last, k=x, attention_mask=rankable)
-                            counts[(p.name, x)].append(c.double().cpu())
-                seconds = round(time.perf_counter() - t0, 3)
-            except Exception as exc:
-                for p in sharing:
-                    rows[p.name].error = f"{type(exc).__name__}: {exc}"
-                continue
-            finally:
-                bar.close()
-            length = torch.cat(lengths)
-            for p in sharing:
-                res = rows[p.name]
-                res.explain_seconds = seconds
-                for x in ks:
-                    c = torch.cat(counts[(p.name, x)])
-                    pct = 100 * c.mean() / length.mean() if p.percent == "ratio_of_means" else (100 * c / length).mean()
-                    res.curve[x] = (float(c.mean()), float(pct))
-                res.count, res.percent = res.curve[k]
-    return results
+    shards = qa_shards(questions, batch_size, max_tokens)
+    built: dict[str, Any] = {}
+    payloads = [explain_qa_shard(model, tokenizer, [questions[j] for j in shard], methods, protocols, ks=ks, seed=i,
+                                 method_kwargs=method_kwargs, explainers=built)
+                for i, shard in enumerate(tqdm(shards, desc="squad", unit="shard", disable=not progress, leave=False))]
+    return merge_qa_shards(payloads, list(methods), protocols, k=k, ks=ks)
 
 
 def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[str, Any]) -> list[Path]:
@@ -275,14 +357,16 @@ def write_qa_results(out_dir: Path, results: Sequence[QAResult], config: dict[st
 
 def run_squad(a: Any, argv: Sequence[str] | None) -> int:
     """``python -m benchmarks.run --task squad ...`` (``a`` holds the parsed options): explain the
-    held-out articles of SQuAD v1.1 dev (or every question of ``--data``), write the tables."""
-    import sys
+    held-out articles of SQuAD v1.1 dev (or every question of ``--data``), write the tables.
 
+    As for classification, the questions are cut into shards (:func:`qa_shards`) whose results
+    are saved as they finish under ``<out>/partial-<fingerprint>/`` (a killed run started again
+    redoes only the others), and under ``torchrun`` the shards are shared among the processes
+    and gathered on rank 0, which writes the files once (:func:`benchmarks.distributed.run_shards`).
+    """
     from .cli import UsageError
-    from .run import _load_model, available_methods, exit_status, method_arguments, select_methods
     from .squad import DEFAULT_SQUAD_FILE, load_squad, split_articles
 
-    progress = not a.no_progress
     if a.kendall:
         raise UsageError("--kendall does not apply to --task squad (Precision@K has no other classes)")
     names = list(QA_PROTOCOLS) if a.protocol == "all" else [x.strip() for x in a.protocol.split(",")]
@@ -295,39 +379,103 @@ def run_squad(a: Any, argv: Sequence[str] | None) -> int:
                      for p in protocols]
     if a.stride >= a.window:
         raise UsageError(f"--stride {a.stride} must be smaller than --window {a.window}")
+    from .run import available_methods, select_methods
+
     methods = select_methods(a.methods, available_methods())
     if a.data:
         examples, source = load_squad(a.data), a.data
     else:
         examples, source = split_articles(load_squad())[1], f"{DEFAULT_SQUAD_FILE.name} (held-out articles)"
     examples = examples[:a.limit] if a.limit else examples
+    ranks = Ranks.from_environment(a.device)
+    try:
+        return _run_squad_shards(a, argv, ranks, protocols, methods, examples, source)
+    finally:
+        ranks.close()
+
+
+def _run_squad_shards(a: Any, argv: Sequence[str] | None, ranks: Ranks, protocols: list[QAProtocol],
+                      methods: dict[str, type], examples: list[QAExample], source: str) -> int:
+    """Explain the shards of this rank that no earlier run finished, gather every shard's results
+    on rank 0 and write them there once (as :func:`benchmarks.run._run_shards` does for
+    classification)."""
+    import sys
+
+    from .cli import UsageError
+    from .run import _load_model, _versions, exit_status, method_arguments
+
+    progress, lead = not a.no_progress, ranks.rank == 0
     t0 = time.perf_counter()
-    model, tokenizer, model_path = _load_model(a.model, progress, task="squad")
+    model, tokenizer, model_path = ranks.first_on_each_machine(
+        lambda: _load_model(a.model, progress and lead, task="squad"))
     questions, skipped = prepare_questions(model, tokenizer, examples, max_length=a.window, stride=a.stride,
                                            batch_size=a.batch_size)
     if not questions:
         raise UsageError(f"{source}: no answerable question whose answer fits a window of {a.window} tokens")
-    method_kwargs, head_mask_source = method_arguments(a, methods, model, tokenizer, model_path, progress)
-    eval_json = Path(model_path) / "eval.json"
-    model_eval = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
     t_run, cpu_run = time.perf_counter(), time.process_time()
-    results = evaluate_qa_methods(model, tokenizer, questions, methods, protocols, k=a.k, batch_size=a.batch_size,
-                                  max_tokens=a.max_tokens, progress=progress, method_kwargs=method_kwargs)
-    out = Path(a.out) if a.out else Path("results") / ("squad" if not a.data else Path(a.data).stem)
-    config = {
-        "task": "squad", "data": source, "questions_read": len(examples), "questions": len(questions),
-        "skipped": skipped, "limit": a.limit, "model": model_path,
-        "model_exact_match": model_eval.get("exact_match"), "model_f1": model_eval.get("f1"),
-        "methods": list(methods), "k": a.k, "curve_ks": list(CURVE_KS),
-        "protocols": {p.name: p.to_dict() for p in protocols},
-        "window": a.window, "stride": a.stride, "batch_size": a.batch_size, "max_tokens": a.max_tokens,
-        "ig_steps": a.ig_steps, "head_mask": head_mask_source, "threads": torch.get_num_threads(),
-        "seconds": round(time.perf_counter() - t_run, 1), "cpu_seconds": round(time.process_time() - cpu_run, 1),
-        "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
-        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+    method_kwargs, head_mask_source = ranks.first_on_each_machine(
+        lambda: method_arguments(a, methods, model, tokenizer, model_path, progress and lead, quiet=not lead))
+    model.to(ranks.device)
+    ks = sorted(set(CURVE_KS) | {a.k})
+    shards = qa_shards(questions, a.batch_size, a.max_tokens)
+    head_mask = method_kwargs.get("MaskLRP", {}).get("head_mask")
+    contrast = method_kwargs.get("ContrastCAT", {})
+    parts = {
+        "data": digest([[e.id, e.title, e.question, e.context, [list(x) for x in e.answers]] for e in examples]),
+        "tokenized data": digest([[q.id, q.window.input_ids, q.window.token_type_ids, q.window.context_mask,
+                                   list(q.gold), list(q.predicted)] for q in questions]),
+        "model": model_digest(model),
+        "head mask": digest(None if head_mask is None else head_mask.mask.tolist()),
+        "references": digest([t.tolist() for t in (contrast.get("references"), *contrast.get("reference_args", ()))
+                              if t is not None]),
+        "settings": digest({"task": "squad", "data": source, "limit": a.limit, "methods": list(methods),
+                            "protocols": [p.to_dict() for p in protocols], "k": a.k, "curve_ks": ks,
+                            "window": a.window, "stride": a.stride, "batch_size": a.batch_size,
+                            "max_tokens": a.max_tokens, "ig_steps": a.ig_steps, "device": ranks.device.type}),
+        "library versions": digest(_versions()),
+        "code": code_digest(),
     }
-    written = write_qa_results(out, results, config)
-    print((out / "results.md").read_text())
-    print(f"{len(questions)} questions, {len(methods)} methods, {len(protocols)} protocol(s): {config['seconds']:.1f} s; "
-          f"wrote {', '.join(str(w) for w in written)}")
-    return exit_status(results, out, prefix="squad:")
+    ranks.check_agreement(parts)  # every rank fails, naming what differs
+    out = Path(a.out) if a.out else Path("results") / ("squad" if not a.data else Path(a.data).stem)
+    store = PartialResults(out / f"partial-{fingerprint(parts)[:16]}")
+    built: dict[str, Any] = {}
+    done = run_shards(ranks, store, [len(s) * max(len(questions[j].window.input_ids) for j in s) for s in shards],
+                      lambda i, note: explain_qa_shard(model, tokenizer, [questions[j] for j in shards[i]], methods,
+                                                       protocols, ks=ks, seed=i, method_kwargs=method_kwargs,
+                                                       explainers=built,
+                                                       on_method=lambda t, m: note(f"{t}:{m}")),
+                      sizes=[len(s) for s in shards], failed=qa_shard_failed, progress=progress)
+    status = 0
+    if done is not None:
+        results = merge_qa_shards(done.payloads, list(methods), protocols, k=a.k, ks=ks)
+        eval_json = Path(model_path) / "eval.json"
+        model_eval = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
+        gathered = done.per_rank
+        config = {
+            "task": "squad", "data": source, "questions_read": len(examples), "questions": len(questions),
+            "skipped": skipped, "limit": a.limit, "model": model_path,
+            "model_exact_match": model_eval.get("exact_match"), "model_f1": model_eval.get("f1"),
+            "methods": list(methods), "k": a.k, "curve_ks": list(CURVE_KS),
+            "protocols": {p.name: p.to_dict() for p in protocols},
+            "window": a.window, "stride": a.stride, "batch_size": a.batch_size, "max_tokens": a.max_tokens,
+            "ig_steps": a.ig_steps, "head_mask": head_mask_source, "threads": torch.get_num_threads(),
+            "device": ranks.device.type, "shards": len(shards),
+            "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+            # timing: process-seconds summed over shards (resumed shards count their first run)
+            "seconds": round(time.perf_counter() - t_run, 1),
+            "cpu_seconds": round(time.process_time() - cpu_run - gathered[0]["cpu_seconds"]  # every rank's shards
+                                 + sum(g["cpu_seconds"] for g in gathered), 1),
+            "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
+            "seconds_per_rank": [round(g["seconds"], 1) for g in gathered],
+        }
+        written = write_qa_results(out, results, config)
+        print((out / "results.md").read_text())
+        if ranks.distributed:
+            for r, g in enumerate(gathered):
+                print(f"rank {r}: {g['explained']} shards ({g['examples']} questions) in {g['seconds']:.1f} s")
+        resumed = f", {done.resumed} of {len(shards)} shards read from an earlier run" if done.resumed else ""
+        print(f"{len(questions)} questions, {len(methods)} methods, {len(protocols)} protocol(s), {len(shards)} shards, "
+              f"{ranks.world_size} process(es): {config['seconds']:.1f} s{resumed}; "
+              f"wrote {', '.join(str(w) for w in written)}")
+        status = exit_status(results, out, prefix="squad:")
+    return finish_shards(ranks, store, status)

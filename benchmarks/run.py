@@ -34,7 +34,6 @@ import csv
 import dataclasses
 import inspect
 import json
-import os
 import platform
 import sys
 import time
@@ -51,7 +50,7 @@ from .data import VENDORED_DIR, EncodedBatch, Examples, encode_batches, load_fil
 from .references import reference_set
 from .metrics import ForwardCache, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
-from .distributed import Ranks, share
+from .distributed import Ranks, finish_shards, run_shards
 from .resume import PartialResults, code_digest, digest, fingerprint, model_digest
 
 __all__ = ["available_methods", "select_methods", "align_labels", "MethodResult", "explain_shard", "merge_shards",
@@ -688,9 +687,7 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
     code_digest()  # the sources as imported, before anything can change them
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.task == "squad":
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UsageError("--task squad runs in one process: launch it with python, not torchrun")
+    if a.task == "squad":  # sharded, resumed and gathered as below (benchmarks.qa)
         from .qa import run_squad
 
         return run_squad(a, argv)
@@ -714,8 +711,6 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
                 methods: dict[str, type], examples: Examples, task: str, progress: bool) -> int:
     """Explain the shards of this rank that no earlier run finished, gather every shard's results
     on rank 0 and write them there once."""
-    from tqdm.auto import tqdm
-
     lead = ranks.rank == 0
     t0 = time.perf_counter()
     model, tokenizer, model_path = ranks.first_on_each_machine(lambda: _load_model(a.model, progress and lead))
@@ -750,43 +745,15 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
     store = PartialResults(out / f"partial-{fingerprint(parts)[:16]}")
 
     # shards finished by an earlier run (on any rank's disk) are read, not redone
-    owner: dict[int, int] = {}
-    for r, have in enumerate(ranks.all_gather(sorted(store.done() & set(range(len(shards)))))):
-        for i in have:
-            owner.setdefault(i, r)
-    todo = [i for i in range(len(shards)) if i not in owner]
-    mine = share({i: shards[i].input_ids.numel() for i in todo}, ranks.world_size)[ranks.rank]  # by padded tokens
-    who = f"rank {ranks.rank}/{ranks.world_size}: " if ranks.distributed else ""
-    if progress or ranks.distributed:
-        print(f"{who}{len(mine)} of {len(shards)} shards to explain on {ranks.device}"
-              + (f" ({len(owner)} finished earlier, in {store.folder})" if owner else ""), file=sys.stderr)
-    payloads = {i: store.load(i) for i, r in owner.items() if r == ranks.rank}
-    t_rank, cpu_rank = time.perf_counter(), time.process_time()
     built: dict[str, Any] = {}
-    bar = tqdm(mine, desc=f"rank {ranks.rank}" if ranks.distributed else "shards", unit="shard",
-               disable=not progress, position=ranks.local_rank if ranks.distributed else None)
-    try:
-        for i in bar:
-            payload = explain_shard(model, tokenizer, shards[i], methods, protos, task=task, seed=i,
-                                    kendall=a.kendall, method_kwargs=method_kwargs, explainers=built,
-                                    on_method=lambda p, m: bar.set_postfix_str(f"{p}:{m}", refresh=False))
-            if not shard_failed(payload):  # a failed shard is redone by the next run
-                store.save(i, payload)
-            payloads[i] = payload
-    finally:
-        bar.close()
-    mine_examples = sum(len(shards[i].indices) for i in mine)
-    gathered = ranks.gather({"shards": payloads, "explained": len(mine), "examples": mine_examples,
-                             "seconds": time.perf_counter() - t_rank, "cpu_seconds": time.process_time() - cpu_rank})
+    done = run_shards(ranks, store, [b.input_ids.numel() for b in shards],  # shared by padded tokens
+                      lambda i, note: explain_shard(model, tokenizer, shards[i], methods, protos, task=task, seed=i,
+                                                    kendall=a.kendall, method_kwargs=method_kwargs, explainers=built,
+                                                    on_method=lambda p, m: note(f"{p}:{m}")),
+                      sizes=[len(b.indices) for b in shards], failed=shard_failed, progress=progress)
     status = 0
-    if gathered is not None:
-        everything: dict[int, dict[str, Any]] = {}
-        for g in gathered:
-            everything.update(g["shards"])
-        missing = sorted(set(range(len(shards))) - set(everything))
-        if missing:
-            raise RuntimeError(f"shards {missing[:10]} came back from no rank")
-        ordered = [everything[i] for i in range(len(shards))]
+    if done is not None:
+        ordered, gathered = done.payloads, done.per_rank
         results = merge_shards(ordered, list(methods), protos, a.kendall)
         eval_json = Path(model_path) / "eval.json"
         config: dict[str, Any] = {
@@ -814,15 +781,12 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
         if ranks.distributed:
             for r, g in enumerate(gathered):
                 print(f"rank {r}: {g['explained']} shards ({g['examples']} examples) in {g['seconds']:.1f} s")
-        resumed = f", {len(owner)} of {len(shards)} shards read from an earlier run" if owner else ""
+        resumed = f", {done.resumed} of {len(shards)} shards read from an earlier run" if done.resumed else ""
         print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s), {len(shards)} shards, "
               f"{ranks.world_size} process(es): {config['seconds']:.1f} s{resumed}; "
               f"wrote {', '.join(str(w) for w in written)}")
         status = exit_status(results, out)
-    status = ranks.all_gather(status)[0]
-    if status == 0:  # complete: the partial results have served (an incomplete run keeps them)
-        store.clear()
-    return status
+    return finish_shards(ranks, store, status)  # a complete run's partial results have served
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The runner on torch.distributed (two real gloo processes on this machine) and resumed after a
-kill: the same table as one uninterrupted process, to the last digit."""
+kill, for classification and for SQuAD: the same table as one uninterrupted process, to the last
+digit."""
 
 from __future__ import annotations
 
@@ -89,14 +90,16 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": d, "args": args, "single": d / "single", "model": model_dir, "data": data}
 
 
-def comparable(out: Path) -> dict:
-    """results.json without its timing fields, and the table without its time columns."""
+def comparable(out: Path, time_columns: int = 2) -> dict:
+    """results.json without its timing fields, and the table without its ``time_columns`` last
+    columns (classification: explain s, metric s; SQuAD: explain s)."""
     res = json.loads((out / "results.json").read_text())
     res["results"] = [{k: v for k, v in r.items() if k not in TIMING} for r in res["results"]]
     res["config"] = {k: v for k, v in res["config"].items() if k not in CONFIG_TIMING | {"command"}}
-    table = [re.sub(r"\| [\d.]+ \| [\d.]+ \|$", "|", line) for line in (out / "results.md").read_text().splitlines()
-             if line.startswith("| ")]
-    return {"json": res, "table": table}
+    times = re.compile(r"( [\d.]+ \|){%d}$" % time_columns)
+    table = [times.sub("", line) for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    md = (out / "results.md").read_text()
+    return {"json": res, "table": table, "header": re.sub(r"; [\d.]+ s\.", ";", md.split("\n## ")[0])}
 
 
 def test_single_process_results_are_real(toy: dict) -> None:
@@ -219,14 +222,138 @@ def test_shards_go_to_the_least_loaded_rank() -> None:
     assert share({0: 5}, 3) == [[0], [], []]
 
 
-def test_what_cannot_run_on_these_ranks_is_refused(toy: dict, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_what_cannot_run_on_these_ranks_is_refused(toy: dict, capsys: pytest.CaptureFixture) -> None:
     if not torch.cuda.is_available():
         assert main([*toy["args"], "--device", "cuda", "--out", str(toy["dir"] / "cuda")]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == \
             "python -m benchmarks.run: error: --device cuda: CUDA is not available on this machine"
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["--task", "squad", "--limit", "2", "--out", str(toy["dir"] / "squad")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == ("python -m benchmarks.run: error: --task squad runs "
-                                                                "in one process: launch it with python, not torchrun")
-    assert not (toy["dir"] / "cuda").exists() and not (toy["dir"] / "squad").exists()
+    assert not (toy["dir"] / "cuda").exists()
+
+
+# --------------------------------------------------------------------------- SQuAD
+
+QA_WORDS = ("the team city game river won lost played built crossed north south old new long short in on of at by "
+            "a an two three seven year rain snow winter summer bridge station who what where when did was is").split()
+
+
+@pytest.fixture(scope="module")
+def qa_toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny BERT question-answering model, 14 questions on 7 contexts of different lengths
+    (7 shards of 2), and the single-process run of them."""
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("distributed_qa")
+    model_dir = d / "model"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *QA_WORDS, "?", "."])
+                                         + "\n")
+    tok = BertTokenizerFast(vocab=str(model_dir / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    torch.manual_seed(2)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, initializer_range=0.5,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForQuestionAnswering(cfg).eval().save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    rng = random.Random(3)
+    paragraphs = []
+    for c in range(7):
+        words = [rng.choice(QA_WORDS[:30]) for _ in range(rng.randint(6, 30))]
+        context = " ".join(words) + " ."
+        qas = []
+        for q in range(2):
+            a = rng.randrange(len(words) - 2)
+            answer = " ".join(words[a:a + rng.randint(1, 3)])
+            start = len(" ".join(words[:a])) + (1 if a else 0)
+            question = " ".join(rng.choice(QA_WORDS[30:]) for _ in range(rng.randint(2, 6))) + " ?"
+            qas.append({"id": f"c{c}q{q}", "question": question, "answers": [{"text": answer, "answer_start": start}]})
+        paragraphs.append({"context": context, "qas": qas})
+    data = d / "qa.json"
+    data.write_text(json.dumps({"version": "toy", "data": [{"title": "toy", "paragraphs": paragraphs}]}))
+    args = ["--task", "squad", "--data", str(data), "--model", str(model_dir), "--methods", "all", "--protocol", "all",
+            "--k", "3", "--window", "48", "--stride", "16", "--batch-size", "2", "--ig-steps", "4",
+            "--head-mask", "none", "--threads", "1", "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--out", str(d / "single")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"dir": d, "args": args, "single": d / "single", "model": model_dir, "data": data}
+
+
+def test_squad_single_process_results_are_real(qa_toy: dict) -> None:
+    from benchmarks.qa import evaluate_qa_methods
+
+    res = json.loads((qa_toy["single"] / "results.json").read_text())
+    assert res["complete"] and res["config"]["questions"] == 14 and res["config"]["shards"] == 7
+    rows = {(r["protocol"], r["method"]): r for r in res["results"]}
+    counts = [r["precision_count"] for (p, _), r in rows.items() if p == "paper"]
+    assert len({round(c, 6) for c in counts}) > 5  # the methods differ
+    assert not list(qa_toy["single"].glob("partial-*"))
+    assert res["config"]["seconds_per_rank"][0] > 0
+    # the library function gives the rows the command line wrote
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from benchmarks.qa import QA_PROTOCOLS, prepare_questions
+    from benchmarks.run import available_methods, select_methods
+
+    model = AutoModelForQuestionAnswering.from_pretrained(qa_toy["model"]).eval()
+    tok = AutoTokenizer.from_pretrained(qa_toy["model"])
+    from benchmarks.squad import load_squad
+
+    questions, _ = prepare_questions(model, tok, load_squad(qa_toy["data"]), max_length=48, stride=16, batch_size=2)
+    rows2 = evaluate_qa_methods(model, tok, questions, select_methods("AttCAT,Random,Saliency", available_methods()),
+                                list(QA_PROTOCOLS.values()), k=3, batch_size=2, progress=False)
+    for r in rows2:
+        assert (r.count, r.percent) == (rows[(r.protocol, r.method)]["precision_count"],
+                                        rows[(r.protocol, r.method)]["precision_percent"]), (r.protocol, r.method)
+
+
+def test_squad_on_two_gloo_processes_gives_the_single_process_results(qa_toy: dict) -> None:
+    out = qa_toy["dir"] / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "benchmarks.run", *qa_toy["args"], "--out", str(out)],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert comparable(out, 1) == comparable(qa_toy["single"], 1)
+    assert re.search(r"rank 0/2: [34] of 7 shards to explain on cpu", proc.stderr)
+    assert re.search(r"rank 1/2: [34] of 7 shards to explain on cpu", proc.stderr)
+    assert re.search(r"rank 0: [34] shards \(\d+ questions\)", proc.stdout)
+    assert re.search(r"rank 1: [34] shards \(\d+ questions\)", proc.stdout)
+    assert proc.stdout.count("2 process(es)") == 1
+    assert len(json.loads((out / "results.json").read_text())["config"]["seconds_per_rank"]) == 2
+    assert not list(out.glob("partial-*"))
+
+
+def test_a_killed_squad_run_resumes_where_it_stopped(qa_toy: dict, capsys: pytest.CaptureFixture) -> None:
+    out = qa_toy["dir"] / "killed"
+    log = qa_toy["dir"] / "killed.log"
+    proc = fork_run([*qa_toy["args"], "--out", str(out)], ROOT, log)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("partial-*/shard-*.pt")):
+            assert proc.is_alive(), log.read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)  # after its first shard: no clean-up of any kind
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == -signal.SIGKILL
+    (partial,) = out.glob("partial-*")
+    finished = PartialResults(partial).done()
+    assert 1 <= len(finished) < 7 and not (out / "results.json").exists()
+
+    threads = torch.get_num_threads()
+    try:
+        # a changed configuration does not read them
+        assert main([*qa_toy["args"], "--k", "2", "--out", str(out)]) == 0
+        assert "read from an earlier run" not in capsys.readouterr().out
+        assert partial.is_dir() and PartialResults(partial).done() == finished
+        # the same command again redoes only the shards without a file
+        assert main([*qa_toy["args"], "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert f"{len(finished)} of 7 shards read from an earlier run" in capsys.readouterr().out
+    assert comparable(out, 1) == comparable(qa_toy["single"], 1)
+    assert not partial.exists()
