@@ -9,12 +9,15 @@ Inputs are token ids ``(batch, seq)`` with an ``attention_mask`` (1 = real token
 give ``token_type_ids`` (segment ids): they are perturbed with the ids (a deleted token takes its
 segment id along) and passed to ``forward_func`` right after the attention mask.
 
+What is perturbed and how is one :class:`Perturbation`, shared by :func:`perturbation_curve`,
+:func:`aopc`, :func:`log_odds` and :func:`kendall_tau_confidence`; its special-token ids are the
+explained model's tokenizer's (``Perturbation.for_tokenizer(tokenizer)``), never assumed.
 Tokens are ranked by attribution (highest first; ties broken by position); padding and the
-``special_token_ids`` are never ranked nor removed. For a fraction ``k`` the top
-``floor(k * n)`` of the ``n`` rankable tokens are perturbed:
+special tokens are never ranked nor removed. For a fraction ``k`` the top ``floor(k * n)`` of
+the ``n`` rankable tokens are perturbed:
 
 * ``"delete"``: the tokens are dropped, the rest shifted left, padding appended, mask fixed;
-* ``"pad"`` / ``"mask"``: the ids are replaced with ``pad_token_id`` / ``mask_token_id``
+* ``"pad"`` / ``"mask"``: the ids are replaced with the pad / mask token's id
   (the attention mask is left as it was, so the model sees the replacement token).
 
 All perturbed copies of a batch are evaluated together, sorted by length, at most ``batch_size``
@@ -22,16 +25,17 @@ copies and ``max_tokens`` tokens per forward pass.
 
 Example::
 
-    >>> from benchmarks.metrics import aopc, log_odds
+    >>> from benchmarks.metrics import Perturbation, aopc, log_odds
     >>> fwd = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
-    >>> aopc(fwd, input_ids, scores, attention_mask=mask)        # (batch,)  # doctest: +SKIP
+    >>> how = Perturbation.for_tokenizer(tokenizer)                       # doctest: +SKIP
+    >>> aopc(fwd, input_ids, scores, attention_mask=mask, perturbation=how)  # (batch,)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,6 +45,7 @@ from .data import token_batches
 
 __all__ = [
     "Perturbation",
+    "PerturbationKind",
     "ForwardFunc",
     "PAPER_STEPS",
     "REFERENCE_STEPS",
@@ -58,7 +63,7 @@ __all__ = [
     "precision_at_k",
 ]
 
-Perturbation = Literal["delete", "pad", "mask"]
+PerturbationKind = Literal["delete", "pad", "mask"]
 TargetLike = Union[int, Sequence[int], torch.Tensor, None]
 ForwardFunc = Callable[..., Any]
 
@@ -66,10 +71,106 @@ ForwardFunc = Callable[..., Any]
 PAPER_STEPS: tuple[float, ...] = tuple(i / 10 for i in range(11))
 #: k = i / 9 for i = 1..9 (both papers' reference evaluation code).
 REFERENCE_STEPS: tuple[float, ...] = tuple(i / 9 for i in range(1, 10))
-#: [PAD], [CLS], [SEP] in the BERT uncased vocabulary (all-MiniLM-L6-v2 uses it too).
+#: [PAD], [CLS], [SEP] in the BERT uncased vocabulary (all-MiniLM-L6-v2 uses it too): for
+#: hand-made BERT inputs; nothing defaults to it (``Perturbation.for_tokenizer`` reads a tokenizer's).
 BERT_SPECIAL_IDS: tuple[int, ...] = (0, 101, 102)
-_BERT_PAD, _BERT_MASK = 0, 103
 _EPS = 1e-9
+_KINDS = ("delete", "pad", "mask")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """What the perturbation metrics may remove and how: one value for :func:`perturbation_curve`,
+    :func:`aopc`, :func:`log_odds` and :func:`kendall_tau_confidence`.
+
+    ``special_token_ids``: never ranked nor removed (with padding); the explained model's, from
+    :meth:`for_tokenizer`, or given (``()`` for none); there is no default. ``pad_token_id``:
+    fills deleted positions (masked out) and replaces tokens for ``kind="pad"``;
+    ``mask_token_id``: replaces them for ``kind="mask"``. ``steps``: the fractions ``k``.
+    ``kind``: ``"delete"``, ``"pad"`` or ``"mask"``; ``None`` leaves it to each metric (deletion
+    for :func:`aopc` and :func:`perturbation_curve`, [PAD] for :func:`log_odds`, the papers'
+    choices). ``batch_size`` / ``max_tokens``: at most that many perturbed copies and tokens per
+    forward pass.
+
+    Example::
+
+        >>> how = Perturbation(special_token_ids=(0, 101, 102), pad_token_id=0, mask_token_id=103, steps=(0.5,))
+        >>> how.with_kind("pad").kind, how.special_token_ids
+        ('pad', (0, 101, 102))
+        >>> Perturbation.for_tokenizer(roberta_tokenizer).special_token_ids  # doctest: +SKIP
+        (0, 1, 2, 50264)
+    """
+
+    special_token_ids: tuple[int, ...]
+    pad_token_id: int
+    mask_token_id: int | None = None
+    steps: tuple[float, ...] = PAPER_STEPS
+    kind: PerturbationKind | None = None
+    batch_size: int = 256
+    max_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.special_token_ids is None:
+            raise ValueError("Perturbation needs special_token_ids, the explained model's special tokens: "
+                             "Perturbation.for_tokenizer(tokenizer) reads them (tokenizer.all_special_ids), "
+                             "or pass them (() for none)")
+        if self.pad_token_id is None:
+            raise ValueError("Perturbation needs pad_token_id (it fills deleted positions and replaces tokens for "
+                             "kind='pad'): the tokenizer's pad_token_id, or another id the model reads as padding")
+        object.__setattr__(self, "special_token_ids", tuple(dict.fromkeys(int(i) for i in self.special_token_ids)))
+        object.__setattr__(self, "pad_token_id", int(self.pad_token_id))
+        object.__setattr__(self, "steps", tuple(float(k) for k in self.steps))
+        if not self.steps:
+            raise ValueError("steps is empty")
+        for k in self.steps:
+            if not 0.0 <= k <= 1.0:
+                raise ValueError(f"steps are fractions in [0, 1], got {k}")
+        if self.kind is not None and self.kind not in _KINDS:
+            raise ValueError(f"perturbation must be 'delete', 'pad' or 'mask', got {self.kind!r}")
+        if self.kind == "mask" and self.mask_token_id is None:
+            raise ValueError("perturbation kind 'mask' needs mask_token_id")
+        if self.batch_size < 1 or self.max_tokens < 1:
+            raise ValueError(f"batch_size and max_tokens must be >= 1, got {self.batch_size}, {self.max_tokens}")
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, **options: Any) -> "Perturbation":
+        """The perturbation for ``tokenizer``'s model: its special tokens
+        (``tokenizer.all_special_ids``: [CLS]/[SEP]/[PAD]/[MASK] for BERT, ``<s>``/``</s>``/
+        ``<pad>``/``<mask>`` for RoBERTa) are never ranked, except the unknown token, which
+        stands for a word of the text (unless it is also the pad, bos, eos, cls or sep token,
+        as GPT-2's ``<|endoftext|>``); its pad and mask tokens replace removed ones.
+        ``options``: the other fields (``steps``, ``kind``, ...), or ``pad_token_id`` for a
+        tokenizer without a pad token.
+
+        Example::
+
+            >>> Perturbation.for_tokenizer(bert_tokenizer, steps=(0.5,)).special_token_ids  # doctest: +SKIP
+            (0, 101, 102, 103)
+        """
+        structural = {getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "cls", "sep", "bos", "eos")}
+        unk = getattr(tokenizer, "unk_token_id", None)
+        special = [i for i in tokenizer.all_special_ids if i != unk or i in structural]
+        pad = options.pop("pad_token_id", tokenizer.pad_token_id)
+        if pad is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no pad token: pass pad_token_id= (the id that fills "
+                             "deleted positions and replaces tokens for kind='pad'), e.g. its eos_token_id")
+        options.setdefault("mask_token_id", getattr(tokenizer, "mask_token_id", None))
+        return cls(special_token_ids=tuple(sorted(set(special))), pad_token_id=pad, **options)
+
+    def with_kind(self, kind: PerturbationKind) -> "Perturbation":
+        """The same perturbation with another ``kind``."""
+        return replace(self, kind=kind)
+
+
+def _perturbation(given: Perturbation | None, where: str) -> Perturbation:
+    if given is None:
+        raise TypeError(f"{where}() needs perturbation=Perturbation.for_tokenizer(tokenizer) (or Perturbation("
+                        "special_token_ids=..., pad_token_id=...)): the special tokens are the explained "
+                        "model's, never assumed")
+    if not isinstance(given, Perturbation):
+        raise TypeError(f"{where}(): perturbation must be a Perturbation (its kind is Perturbation(...).kind), "
+                        f"got {given!r}")
+    return given
 
 
 # --------------------------------------------------------------------------- helpers
@@ -118,21 +219,24 @@ def _target_tensor(target: TargetLike, batch: int, logits: torch.Tensor | None =
 
 def rankable_mask(
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
+    attention_mask: torch.Tensor | None,
+    special_token_ids: Iterable[int],
     exclude_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Bool ``(batch, seq)``: tokens that may be ranked and removed (not padding, not special).
+    """Bool ``(batch, seq)``: tokens that may be ranked and removed (not padding, not one of
+    ``special_token_ids``, not in ``exclude_mask``).
 
     Example::
 
-        >>> rankable_mask(torch.tensor([[101, 7, 8, 102, 0]])).tolist()
+        >>> rankable_mask(torch.tensor([[101, 7, 8, 102, 0]]), None, BERT_SPECIAL_IDS).tolist()
         [[False, True, True, False, False]]
     """
     mask = _check_inputs(input_ids, attention_mask, None).bool()
-    if special_token_ids:
-        mask = mask & ~torch.isin(input_ids, torch.as_tensor(list(special_token_ids), dtype=input_ids.dtype,
-                                                             device=input_ids.device))
+    if special_token_ids is None:
+        raise TypeError("rankable_mask needs special_token_ids (the tokenizer's, or () for none)")
+    special = list(special_token_ids)
+    if special:
+        mask = mask & ~torch.isin(input_ids, torch.as_tensor(special, dtype=input_ids.dtype, device=input_ids.device))
     if exclude_mask is not None:
         mask = mask & ~exclude_mask.bool()
     return mask
@@ -157,9 +261,9 @@ def perturb(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     remove: torch.Tensor,
-    perturbation: Perturbation = "delete",
-    pad_token_id: int = _BERT_PAD,
-    mask_token_id: int | None = _BERT_MASK,
+    kind: PerturbationKind,
+    pad_token_id: int,
+    mask_token_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturb the positions where ``remove`` is True; new tensors, the inputs are not changed.
 
@@ -169,22 +273,22 @@ def perturb(
     Example::
 
         >>> ids, m = perturb(torch.tensor([[101, 5, 6, 102]]), torch.ones(1, 4, dtype=torch.long),
-        ...                  torch.tensor([[False, True, False, False]]))
+        ...                  torch.tensor([[False, True, False, False]]), "delete", pad_token_id=0)
         >>> ids.tolist(), m.tolist()
         ([[101, 6, 102, 0]], [[1, 1, 1, 0]])
     """
     remove = remove.bool()
-    if perturbation == "delete":
+    if kind == "delete":
         keep = attention_mask.bool() & ~remove
         return _repack(input_ids, keep, pad_token_id), _repack(keep, keep, False).to(attention_mask.dtype)
-    if perturbation == "pad":
+    if kind == "pad":
         value = pad_token_id
-    elif perturbation == "mask":
+    elif kind == "mask":
         if mask_token_id is None:
-            raise ValueError("perturbation='mask' needs mask_token_id")
+            raise ValueError("perturbation kind 'mask' needs mask_token_id")
         value = mask_token_id
     else:
-        raise ValueError(f"perturbation must be 'delete', 'pad' or 'mask', got {perturbation!r}")
+        raise ValueError(f"perturbation must be 'delete', 'pad' or 'mask', got {kind!r}")
     ids = torch.where(remove, torch.full_like(input_ids, value), input_ids)
     return ids, attention_mask.clone()
 
@@ -308,38 +412,35 @@ def perturbation_curve(
     attributions: torch.Tensor,
     target: TargetLike = None,
     *,
+    perturbation: Perturbation | None = None,
     attention_mask: torch.Tensor | None = None,
-    steps: Sequence[float] = PAPER_STEPS,
-    perturbation: Perturbation = "delete",
-    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
     exclude_mask: torch.Tensor | None = None,
-    pad_token_id: int = _BERT_PAD,
-    mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     token_type_ids: torch.Tensor | None = None,
-    batch_size: int = 256,
-    max_tokens: int = 2048,
     cache: ForwardCache | None = None,
 ) -> PerturbationCurve:
     """Probability of the explained class after removing the top ``k`` of the tokens, for each ``k``.
 
-    ``target=None`` explains the predicted class. Steps that remove nothing reuse the
-    unperturbed probability; all other copies go through ``forward_func`` at most ``batch_size``
-    (and ``max_tokens`` tokens) at a time
-    (sorted by length, each batch cut to its longest row). With a :class:`ForwardCache`, inputs
-    already evaluated (by an earlier call on the same model) are not evaluated again.
+    ``perturbation`` (required, a :class:`Perturbation`): the special tokens never ranked, the
+    steps ``k``, the kind (deletion when ``None``) and the forward batches. ``target=None``
+    explains the predicted class. ``exclude_mask``: positions also kept out of the ranking.
+    Steps that remove nothing reuse the unperturbed probability; all other copies go through
+    ``forward_func`` at most ``batch_size`` (and ``max_tokens`` tokens) at a time (sorted by
+    length, each batch cut to its longest row). With a :class:`ForwardCache`, inputs already
+    evaluated (by an earlier call on the same model) are not evaluated again.
 
     Example::
 
-        >>> curve = perturbation_curve(fwd, ids, scores, attention_mask=mask, steps=[0.5])  # doctest: +SKIP
+        >>> how = Perturbation.for_tokenizer(tokenizer, steps=[0.5])  # doctest: +SKIP
+        >>> curve = perturbation_curve(fwd, ids, scores, attention_mask=mask, perturbation=how)  # doctest: +SKIP
         >>> curve.pk.shape  # doctest: +SKIP
         torch.Size([2, 1])
     """
+    how = _perturbation(perturbation, "perturbation_curve")
     mask = _check_inputs(input_ids, attention_mask, attributions)
     extra = tuple(additional_forward_args or ())
-    steps = tuple(float(k) for k in steps)
-    if not steps:
-        raise ValueError("steps is empty")
+    steps, kind = how.steps, how.kind or "delete"
+    batch_size, max_tokens = how.batch_size, how.max_tokens
     B, S = input_ids.shape
     if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
         raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} != input_ids shape "
@@ -348,7 +449,7 @@ def perturbation_curve(
     tgt = _target_tensor(target, B, log_p)
     log_p0 = log_p.gather(1, tgt[:, None])[:, 0]
 
-    rankable = rankable_mask(input_ids, mask, special_token_ids, exclude_mask)
+    rankable = rankable_mask(input_ids, mask, how.special_token_ids, exclude_mask)
     counts = removal_counts(rankable.sum(1), steps)                      # (B, K)
     scores = attributions.detach().float().masked_fill(~rankable, float("-inf"))
     scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
@@ -367,11 +468,11 @@ def perturbation_curve(
     if pairs.numel():
         ex, cnt = pairs[:, 0], pairs[:, 1]
         remove = rank[ex] < cnt[:, None]
-        ids_p, mask_p = perturb(input_ids[ex], mask[ex], remove, perturbation, pad_token_id, mask_token_id)
+        ids_p, mask_p = perturb(input_ids[ex], mask[ex], remove, kind, how.pad_token_id, how.mask_token_id)
         types_p = None
         if token_type_ids is not None:  # deleted positions leave with their segment ids
             types_p = token_type_ids[ex]
-            if perturbation == "delete":
+            if kind == "delete":
                 types_p = _repack(types_p, mask[ex].bool() & ~remove, 0)
         extra_p = tuple(a[ex] if isinstance(a, torch.Tensor) and a.shape[:1] == (B,) else a for a in extra)
         lp = _log_probs(forward_func, ids_p, mask_p, extra_p, batch_size, cache, max_tokens, types_p)
@@ -389,36 +490,31 @@ def aopc(
     attributions: torch.Tensor,
     target: TargetLike = None,
     *,
+    perturbation: Perturbation | None = None,
     absolute: bool = False,
     attention_mask: torch.Tensor | None = None,
-    steps: Sequence[float] = PAPER_STEPS,
-    perturbation: Perturbation = "delete",
-    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
     exclude_mask: torch.Tensor | None = None,
-    pad_token_id: int = _BERT_PAD,
-    mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     token_type_ids: torch.Tensor | None = None,
-    batch_size: int = 256,
-    max_tokens: int = 2048,
     cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Area over the perturbation curve, per example: mean over ``k`` of ``p(x) - p(x~k)`` (higher = better).
 
     ``absolute=True`` averages ``|p(x) - p(x~k)|`` (AttCAT reference code). The mean runs over
-    all ``steps`` given (``k = 0`` contributes 0). Other arguments: see :func:`perturbation_curve`.
+    all the steps (``k = 0`` contributes 0). ``perturbation.kind=None`` deletes. Other
+    arguments: see :func:`perturbation_curve`.
 
     Example::
 
-        >>> aopc(fwd, ids, scores, target=labels, attention_mask=mask)  # doctest: +SKIP
+        >>> aopc(fwd, ids, scores, target=labels, attention_mask=mask,
+        ...      perturbation=Perturbation.for_tokenizer(tokenizer))  # doctest: +SKIP
         tensor([0.4120, 0.2210])
     """
+    how = _perturbation(perturbation, "aopc")
     curve = perturbation_curve(
-        forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
-        perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
-        pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, token_type_ids=token_type_ids, batch_size=batch_size,
-        max_tokens=max_tokens, cache=cache,
+        forward_func, input_ids, attributions, target, perturbation=how, attention_mask=attention_mask,
+        exclude_mask=exclude_mask, additional_forward_args=additional_forward_args, token_type_ids=token_type_ids,
+        cache=cache,
     )
     return aopc_from_curve(curve, absolute)
 
@@ -435,35 +531,30 @@ def log_odds(
     attributions: torch.Tensor,
     target: TargetLike = None,
     *,
+    perturbation: Perturbation | None = None,
     attention_mask: torch.Tensor | None = None,
-    steps: Sequence[float] = PAPER_STEPS,
-    perturbation: Perturbation = "pad",
-    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
     exclude_mask: torch.Tensor | None = None,
-    pad_token_id: int = _BERT_PAD,
-    mask_token_id: int | None = _BERT_MASK,
     additional_forward_args: tuple[Any, ...] | None = None,
     token_type_ids: torch.Tensor | None = None,
-    batch_size: int = 256,
-    max_tokens: int = 2048,
     cache: ForwardCache | None = None,
 ) -> torch.Tensor:
     """Log-odds, per example: mean over ``k`` of ``log(p(x~k) / p(x))`` (lower = better).
 
-    Computed from log-softmax outputs, so tiny probabilities do not overflow. Default
-    perturbation: replacement with [PAD]. Other arguments: see :func:`perturbation_curve`.
+    Computed from log-softmax outputs, so tiny probabilities do not overflow.
+    ``perturbation.kind=None`` replaces with the pad token. Other arguments: see
+    :func:`perturbation_curve`.
 
     Example::
 
-        >>> log_odds(fwd, ids, scores, attention_mask=mask)  # doctest: +SKIP
+        >>> how = Perturbation.for_tokenizer(tokenizer)  # doctest: +SKIP
+        >>> log_odds(fwd, ids, scores, attention_mask=mask, perturbation=how)  # doctest: +SKIP
         tensor([-1.9031, -0.4466])
     """
+    how = _perturbation(perturbation, "log_odds")
     curve = perturbation_curve(
-        forward_func, input_ids, attributions, target, attention_mask=attention_mask, steps=steps,
-        perturbation=perturbation, special_token_ids=special_token_ids, exclude_mask=exclude_mask,
-        pad_token_id=pad_token_id, mask_token_id=mask_token_id,
-        additional_forward_args=additional_forward_args, token_type_ids=token_type_ids, batch_size=batch_size,
-        max_tokens=max_tokens, cache=cache,
+        forward_func, input_ids, attributions, target, perturbation=how if how.kind else how.with_kind("pad"),
+        attention_mask=attention_mask, exclude_mask=exclude_mask, additional_forward_args=additional_forward_args,
+        token_type_ids=token_type_ids, cache=cache,
     )
     return log_odds_from_curve(curve)
 
@@ -508,9 +599,9 @@ def kendall_tau_confidence(
     target: TargetLike,
     num_classes: int,
     *,
+    perturbation: Perturbation | None = None,
     attention_mask: torch.Tensor | None = None,
     on: Literal["ranks", "argsort"] = "ranks",
-    special_token_ids: Sequence[int] | None = BERT_SPECIAL_IDS,
     exclude_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class-specificity of an explanation: Kendall tau between the token ranking for ``target``
@@ -518,14 +609,18 @@ def kendall_tau_confidence(
     more class-specific).
 
     ``explanation_func(input_ids, target, attention_mask)`` returns ``(batch, seq)`` scores for
-    a ``(batch,)`` tensor of classes. Only rankable tokens (see :func:`rankable_mask`) count.
+    a ``(batch,)`` tensor of classes. Only rankable tokens count: not padding, not ``exclude_mask``,
+    not the special tokens of ``perturbation`` (required; only its ``special_token_ids`` are read,
+    so that the ranking is over the tokens AOPC and LOdds remove).
 
     Example::
 
         >>> explain = lambda ids, t, m: AttCAT(model).attribute(ids, target=t, additional_forward_args=(m,))
-        >>> kendall_tau_confidence(explain, ids, labels, 2, attention_mask=mask)  # doctest: +SKIP
+        >>> kendall_tau_confidence(explain, ids, labels, 2, attention_mask=mask,
+        ...                        perturbation=Perturbation.for_tokenizer(tokenizer))  # doctest: +SKIP
         tensor([-0.3333, 0.1000])
     """
+    how = _perturbation(perturbation, "kendall_tau_confidence")
     mask = _check_inputs(input_ids, attention_mask, None)
     B = input_ids.shape[0]
     tgt = _target_tensor(target, B)
@@ -533,7 +628,7 @@ def kendall_tau_confidence(
         raise ValueError(f"target {tgt.tolist()} outside [0, {num_classes})")
     if num_classes < 2:
         raise ValueError("Kendall-tau confidence needs at least two classes")
-    rankable = rankable_mask(input_ids, mask, special_token_ids, exclude_mask)
+    rankable = rankable_mask(input_ids, mask, how.special_token_ids, exclude_mask)
     base = explanation_func(input_ids, tgt, mask).detach()
     taus = torch.zeros(B, dtype=torch.float64)
     for shift in range(1, num_classes):

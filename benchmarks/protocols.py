@@ -32,18 +32,19 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Mapping
 
 import torch
 
 from .metrics import (
-    BERT_SPECIAL_IDS,
     PAPER_STEPS,
     ForwardCache,
     REFERENCE_STEPS,
     ForwardFunc,
     Perturbation,
+    PerturbationKind,
+    _perturbation,
     perturbation_curve,
 )
 
@@ -79,8 +80,8 @@ class Protocol:
     steps: tuple[float, ...] = PAPER_STEPS
     label: Literal["predicted", "true"] = "predicted"
     aopc_absolute: bool = False
-    aopc_perturbation: Perturbation = "delete"
-    lodds_perturbation: Perturbation = "pad"
+    aopc_perturbation: PerturbationKind = "delete"
+    lodds_perturbation: PerturbationKind = "pad"
     min_tokens: int = 0
     keep_labels: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     min_probability: Mapping[str, float] = field(default_factory=dict)
@@ -171,30 +172,31 @@ class Protocol:
         attributions: torch.Tensor,
         targets: torch.Tensor,
         *,
-        special_token_ids: tuple[int, ...] | list[int] | None = BERT_SPECIAL_IDS,
-        pad_token_id: int = 0,
-        mask_token_id: int | None = 103,
-        batch_size: int = 256,
-        max_tokens: int = 2048,
+        perturbation: Perturbation | None = None,
         cache: ForwardCache | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> ProtocolScores:
         """AOPC and LOdds of ``attributions`` under this protocol (one curve per perturbation kind).
 
+        ``perturbation`` (required) gives the tokenizer's special tokens, pad and mask ids and the
+        forward batches (``Perturbation.for_tokenizer(tokenizer)``); the protocol sets the steps
+        and each metric's kind (and ranks the special tokens too when ``exclude_special`` is off).
+
         Example::
 
-            >>> s = ATTCAT.score(fwd, ids, mask, scores, labels)  # doctest: +SKIP
+            >>> how = Perturbation.for_tokenizer(tokenizer)  # doctest: +SKIP
+            >>> s = ATTCAT.score(fwd, ids, mask, scores, labels, perturbation=how)  # doctest: +SKIP
             >>> s.aopc.shape  # doctest: +SKIP
             torch.Size([32])
         """
-        kw = dict(attention_mask=attention_mask, steps=self.steps,
-                  special_token_ids=special_token_ids if self.exclude_special else None,
-                  pad_token_id=pad_token_id, mask_token_id=mask_token_id, batch_size=batch_size,
-                  max_tokens=max_tokens, cache=cache, token_type_ids=token_type_ids)
+        how = replace(_perturbation(perturbation, "Protocol.score"), steps=self.steps)
+        if not self.exclude_special:
+            how = replace(how, special_token_ids=())
         curves = {}
         for kind in dict.fromkeys((self.aopc_perturbation, self.lodds_perturbation)):  # one order in every process
             curves[kind] = perturbation_curve(forward_func, input_ids, attributions, targets,
-                                              perturbation=kind, **kw)  # type: ignore[arg-type]
+                                              perturbation=how.with_kind(kind), attention_mask=attention_mask,
+                                              cache=cache, token_type_ids=token_type_ids)
         a, lo = curves[self.aopc_perturbation], curves[self.lodds_perturbation]
         drop = a.p0[:, None] - a.pk
         if self.aopc_absolute:

@@ -48,7 +48,7 @@ from .baselines import BASELINES, token_type_kwargs
 from .cli import ArgumentParser, UsageError, check_model_path, positive_int, run_command
 from .data import VENDORED_DIR, EncodedBatch, Examples, encode_batches, load_file, load_task, model_max_length
 from .references import reference_set
-from .metrics import ForwardCache, kendall_tau_confidence, nanmean
+from .metrics import ForwardCache, Perturbation, kendall_tau_confidence, nanmean
 from .protocols import PROTOCOLS, Protocol, get_protocol
 from .distributed import Ranks, finish_shards, run_shards
 from .resume import PartialResults, code_digest, digest, fingerprint, model_digest
@@ -219,9 +219,8 @@ def explain_shard(
     model.eval()
     cache = ForwardCache() if cache is None else cache
     misses, hits = cache.misses, cache.hits
-    specials = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
-                if t is not None]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    how = Perturbation.for_tokenizer(tokenizer, pad_token_id=pad_id, batch_size=metric_batch_size)
 
     def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)).logits
@@ -249,9 +248,8 @@ def explain_shard(
                 scores = explainer.attribute(b.ids, target=b.targets, additional_forward_args=b.forward_args(),
                                              **({"query_mask": b.mask} if rows_kw else {})).detach().float()
                 t1 = time.perf_counter()
-                s = protocol.score(forward, b.ids, b.mask, scores, b.targets, special_token_ids=specials,
-                                   pad_token_id=pad_id, mask_token_id=tokenizer.mask_token_id,
-                                   batch_size=metric_batch_size, cache=cache, token_type_ids=b.types)
+                s = protocol.score(forward, b.ids, b.mask, scores, b.targets, perturbation=how, cache=cache,
+                                   token_type_ids=b.types)
                 t2 = time.perf_counter()
                 if kendall:
                     def explain(ids: torch.Tensor, tgt: torch.Tensor, _m: torch.Tensor,
@@ -261,7 +259,7 @@ def explain_shard(
 
                     res["kendall_tau"] = kendall_tau_confidence(
                         explain, b.ids, b.targets, model.config.num_labels, attention_mask=b.mask,
-                        on=protocol.kendall_on, special_token_ids=specials).cpu()
+                        on=protocol.kendall_on, perturbation=how).cpu()
                 res.update(explain_seconds=t1 - t0 + time.perf_counter() - t2, metric_seconds=t2 - t1,
                            aopc=s.aopc.cpu(), lodds=s.lodds.cpu(), aopc_curve=s.aopc_curve.cpu(),
                            lodds_curve=s.lodds_curve.cpu())

@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from bench_toy import CLS, PAD, SEP, BagModel, sigmoid
+from bench_toy import CLS, MASK as MASK_ID, PAD, SEP, BagModel, sigmoid
 
+from benchmarks.metrics import Perturbation
 from benchmarks.protocols import ATTCAT, MASKLRP, PAPER, Protocol, get_protocol
 
 # One example: [CLS] t1..t9 [SEP], every content token weighs 0.5 ([PAD] 0.25), so
@@ -15,6 +16,9 @@ from benchmarks.protocols import ATTCAT, MASKLRP, PAPER, Protocol, get_protocol
 IDS = torch.tensor([[CLS, 1, 2, 3, 4, 5, 6, 7, 8, 9, SEP]])
 MASK = torch.ones_like(IDS)
 ATTR = torch.arange(11, dtype=torch.float32)[None]
+# the toy tokenizer's tokens (BERT's ids); the protocol sets the steps and kinds
+HOW = Perturbation(special_token_ids=(CLS, SEP, PAD), pad_token_id=PAD, mask_token_id=MASK_ID, steps=(0.5,),
+                   kind="mask")
 
 
 def model() -> BagModel:
@@ -43,7 +47,7 @@ def test_paper_preset_by_hand() -> None:
     counts = [0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     target = PAPER.targets(torch.tensor([0]), fwd(IDS, MASK))
     assert target.tolist() == [1]
-    s = PAPER.score(fwd, IDS, MASK, ATTR, target)
+    s = PAPER.score(fwd, IDS, MASK, ATTR, target, perturbation=HOW)
     want_aopc = sum(sigmoid(4.5) - sigmoid(delete_logit(c)) for c in counts) / 11       # signed, deletion
     want_lodds = sum(log_sigmoid(pad_logit(c)) - log_sigmoid(4.5) for c in counts) / 11  # [PAD]
     assert s.aopc.item() == pytest.approx(want_aopc, abs=1e-6)
@@ -55,7 +59,7 @@ def test_attcat_preset_by_hand() -> None:
     # true label 0; k = i/9 removes i tokens; AOPC = mean |p - p_k| with deletion; LOdds with [PAD]
     target = ATTCAT.targets(torch.tensor([0]), fwd(IDS, MASK))
     assert target.tolist() == [0]
-    s = ATTCAT.score(fwd, IDS, MASK, ATTR, target)
+    s = ATTCAT.score(fwd, IDS, MASK, ATTR, target, perturbation=HOW)
     want_aopc = sum(abs(sigmoid(-4.5) - sigmoid(-delete_logit(c))) for c in range(1, 10)) / 9
     want_lodds = sum(log_sigmoid(-pad_logit(c)) - log_sigmoid(-4.5) for c in range(1, 10)) / 9
     assert s.aopc.item() == pytest.approx(want_aopc, abs=1e-6)
@@ -66,7 +70,7 @@ def test_attcat_preset_by_hand() -> None:
 
 def test_masklrp_preset_by_hand() -> None:
     # true label 0; signed AOPC and LOdds, both with [PAD]
-    s = MASKLRP.score(fwd, IDS, MASK, ATTR, torch.tensor([0]))
+    s = MASKLRP.score(fwd, IDS, MASK, ATTR, torch.tensor([0]), perturbation=HOW)
     want_aopc = sum(sigmoid(-4.5) - sigmoid(-pad_logit(c)) for c in range(1, 10)) / 9
     want_lodds = sum(log_sigmoid(-pad_logit(c)) - log_sigmoid(-4.5) for c in range(1, 10)) / 9
     assert s.aopc.item() == pytest.approx(want_aopc, abs=1e-6)
@@ -121,3 +125,15 @@ def test_protocol_validation() -> None:
         Protocol(steps=(0.5, 2.0))
     with pytest.raises(ValueError, match="perturbation"):
         Protocol(aopc_perturbation="zero")  # type: ignore[arg-type]
+
+
+def test_score_takes_the_tokenizers_tokens() -> None:
+    with pytest.raises(TypeError, match=r"Protocol\.score\(\) needs perturbation=Perturbation\.for_tokenizer"):
+        PAPER.score(fwd, IDS, MASK, ATTR, torch.tensor([1]))
+    # k = 100 % with [PAD]: the 9 words replaced (logit 9 x 0.25); with exclude_special off,
+    # [CLS] and [SEP] too (11 x 0.25); the protocol's steps and kind win over the given ones
+    for exclude, logit in ((True, 2.25), (False, 2.75)):
+        p = Protocol(name="x", steps=(1.0,), aopc_perturbation="pad", exclude_special=exclude)
+        s = p.score(fwd, IDS, MASK, ATTR, torch.tensor([1]), perturbation=HOW)
+        assert s.aopc_curve.shape == (1, 1)
+        assert s.aopc.item() == pytest.approx(sigmoid(4.5) - sigmoid(logit), abs=1e-6)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.baselines import BASELINES, IntegratedGradientsEmbeddings, SaliencyEmbeddings
-from benchmarks.metrics import aopc, log_odds
+from benchmarks.metrics import Perturbation, aopc, log_odds
 from benchmarks.run import available_methods, main, select_methods
 
 ROWS = [("good fun movie , very good , really good", 1), ("awful boring plot", 0), ("the acting was not good !", 0),
@@ -50,7 +50,6 @@ def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     fwd = lambda i, m: model(input_ids=i, attention_mask=m).logits  # noqa: E731
-    specials = [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]
     a_vals, l_vals = [], []
     for text, _ in ROWS[:6]:
         ids = torch.tensor([tok(text)["input_ids"]])
@@ -58,10 +57,11 @@ def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
         with torch.no_grad():
             pred = int(fwd(ids, mask).argmax())
         scores = SaliencyEmbeddings(model).attribute(ids, target=pred, additional_forward_args=(mask,))
-        kw = dict(attention_mask=mask, special_token_ids=specials, pad_token_id=tok.pad_token_id,
-                  mask_token_id=tok.mask_token_id)
-        a_vals.append(aopc(fwd, ids, scores, pred, perturbation="delete", **kw).item())
-        l_vals.append(log_odds(fwd, ids, scores, pred, perturbation="pad", **kw).item())
+        # [CLS], [SEP], [PAD] never ranked: the tokenizer's own special tokens
+        how = Perturbation(special_token_ids=(tok.cls_token_id, tok.sep_token_id, tok.pad_token_id),
+                           pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id)
+        a_vals.append(aopc(fwd, ids, scores, pred, attention_mask=mask, perturbation=how.with_kind("delete")).item())
+        l_vals.append(log_odds(fwd, ids, scores, pred, attention_mask=mask, perturbation=how.with_kind("pad")).item())
     assert rows[("paper", "Saliency")]["aopc"] == pytest.approx(sum(a_vals) / 6, abs=1e-5)
     assert rows[("paper", "Saliency")]["lodds"] == pytest.approx(sum(l_vals) / 6, abs=1e-5)
     curves = res["curves"]["paper/Saliency"]
