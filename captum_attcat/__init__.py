@@ -20,18 +20,20 @@ from ._core.attention_baselines import (
 )
 from ._core.lrp_methods import LRPAttribution, PartialLRP, TransAtt, TransformerLRP
 from ._core.mask_lrp import MaskLRP
-from ._core.base import TransformerAttribution
-from ._core.registry import METHODS, missing_arguments, register_method
+from .base import AttentionAttribution, AttentionGradientAttribution, Recording, TransformerAttribution
+from .registry import METHODS, missing_arguments, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
 from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
 from .models.adapters import TransformerAdapter, logits_of
-from .targets import AnswerSpan, NextTokens, span_attribution
+from .targets import TARGET_KINDS, AnswerSpan, NextTokens, span_attribution, target_kind
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "AnswerSpan",
+    "AttentionAttribution",
+    "AttentionGradientAttribution",
     "AttCAT",
     "AttentionGradCAM",
     "AttentionGradient",
@@ -50,6 +52,8 @@ __all__ = [
     "ParsedSentence",
     "PartialLRP",
     "RawAttention",
+    "Recording",
+    "TARGET_KINDS",
     "TransAtt",
     "TransformerAdapter",
     "TransformerAttribution",
@@ -60,4 +64,5 @@ __all__ = [
     "read_conllu",
     "register_method",
     "span_attribution",
+    "target_kind",
 ]

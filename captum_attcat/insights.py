@@ -28,12 +28,12 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._core.registry import METHODS
+from .registry import METHODS, missing_arguments
 
 __all__ = [
     "EXAMPLE_SENTENCES",
@@ -122,9 +122,10 @@ def _called_unwrapped(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _insights_method(name: str) -> type:
-    """An Insights-compatible class for ``METHODS[name]``."""
+def _insights_method(name: str, init_kwargs: Mapping[str, Any] | None = None) -> type:
+    """An Insights-compatible class for ``METHODS[name]``, built with ``init_kwargs``."""
     method_class = METHODS[name]
+    init_kwargs = dict(init_kwargs or {})
 
     class InsightsMethod:
         """Runs ``{name}`` on the Hugging Face model inside an :class:`EmbeddingClassifier`."""
@@ -132,7 +133,7 @@ def _insights_method(name: str) -> type:
         captum_attcat_method = name
 
         def __init__(self, forward_func: Any) -> None:
-            self.method = method_class(_unwrap(forward_func))
+            self.method = method_class(_unwrap(forward_func), **init_kwargs)
 
         @classmethod
         def get_name(cls) -> str:
@@ -160,15 +161,20 @@ def _insights_method(name: str) -> type:
     return InsightsMethod
 
 
-def register_methods(names: Iterable[str] | None = None) -> list[str]:
+def register_methods(names: Iterable[str] | None = None,
+                     init_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     r"""Add this library's methods to Captum Insights' attribution-method list.
 
     Insights keeps its methods in ``captum.insights.attr_vis.config.ATTRIBUTION_NAMES_TO_METHODS``
     (name shown in the UI -> class); each of ours is added under its
-    :data:`~captum_attcat.METHODS` name. Registering twice is harmless.
+    :data:`~captum_attcat.METHODS` name. Registering twice is harmless (the last arguments win).
 
     Args:
-        names: names in :data:`captum_attcat.METHODS` (default: all of them).
+        names: names in :data:`captum_attcat.METHODS` (default: all of them but those missing a
+            required constructor argument in ``init_kwargs``, such as MaskLRP's head mask; named
+            explicitly, such a method raises).
+        init_kwargs: per method name, constructor arguments (Insights passes our methods word
+            embeddings, so a reference set is given as embeddings).
 
     Returns:
         The names added, in order.
@@ -176,6 +182,7 @@ def register_methods(names: Iterable[str] | None = None) -> list[str]:
     Raises:
         ImportError: Captum Insights is not installed (the message says how to get it).
         KeyError: a name is not a registered method.
+        ValueError: a method named in ``names`` lacks a required constructor argument.
 
     Example::
 
@@ -185,16 +192,23 @@ def register_methods(names: Iterable[str] | None = None) -> list[str]:
     _insights()
     from captum.insights.attr_vis import config
 
-    names = sorted(METHODS) if names is None else list(names)
-    unknown = [n for n in names if n not in METHODS]
+    init_kwargs = init_kwargs or {}
+    unknown = [n for n in (names or ()) if n not in METHODS]
     if unknown:
         raise KeyError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
+    missing = {n: missing_arguments(METHODS[n], init_kwargs.get(n)) for n in (sorted(METHODS) if names is None else names)}
+    if names is not None:
+        for name, needs in missing.items():
+            if needs:  # built without it the method would be another one under its name
+                argument, what = next(iter(needs.items()))
+                raise ValueError(f"{name} needs `{argument}` in init_kwargs[{name!r}]: {what}")
+    names = [n for n, needs in missing.items() if not needs]
     registry = config.ATTRIBUTION_NAMES_TO_METHODS
     clashes = [n for n in names if n in registry and getattr(registry[n], "captum_attcat_method", None) != n]
     if clashes:
         raise ValueError(f"Insights already has method(s) named {clashes}")
     for name in names:
-        registry[name] = _insights_method(name)
+        registry[name] = _insights_method(name, init_kwargs.get(name))
     return names
 
 
@@ -206,6 +220,7 @@ def text_visualizer(
     class_names: Sequence[str] | None = None,
     methods: Iterable[str] | None = None,
     feature_name: str = "Sentence",
+    init_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Any:
     r"""A Captum Insights ``AttributionVisualizer`` for a Hugging Face text classifier.
 
@@ -223,8 +238,10 @@ def text_visualizer(
         texts: the texts to browse.
         labels: their true classes (Insights shows examples only with a label).
         class_names: class names (default: the model's ``id2label``).
-        methods: which of :data:`captum_attcat.METHODS` to add (default: all).
+        methods: which of :data:`captum_attcat.METHODS` to add (default: all those whose required
+            constructor arguments are in ``init_kwargs``; see :func:`register_methods`).
         feature_name: the name Insights shows for the text.
+        init_kwargs: per method name, constructor arguments, e.g. ``{"MaskLRP": {"head_mask": mask}}``.
 
     Returns:
         ``captum.insights.AttributionVisualizer``; call ``.serve(port=...)``.
@@ -245,7 +262,7 @@ def text_visualizer(
     bad = [label for label in labels if not 0 <= int(label) < len(classes)]
     if bad:
         raise ValueError(f"label {bad[0]} is out of range for the {len(classes)} classes {classes}")
-    register_methods(methods)
+    register_methods(methods, init_kwargs)
     embeddings = model.get_input_embeddings()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -336,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: a few built-in sentences)")
     parser.add_argument("--limit", type=int, default=40, help="how many sentences of --data to serve")
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--head-mask", help="a HeadMask JSON (python -m benchmarks.head_mask) for the methods that "
+                        "take one (MaskLRP); without it they are left out")
     args = parser.parse_args(argv)
     try:
         _insights()
@@ -351,8 +370,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         texts, labels = read_tsv(args.data, args.limit)
     else:
         texts, labels = [t for t, _ in EXAMPLE_SENTENCES], [label for _, label in EXAMPLE_SENTENCES]
-    visualizer = text_visualizer(model, tokenizer, texts, labels)
-    print(f"Captum Insights with methods {sorted(METHODS)} for {args.model}", flush=True)
+    given = {}
+    if args.head_mask:
+        from .heads import HeadMask
+
+        try:
+            given["head_mask"] = HeadMask.load(args.head_mask)
+        except (OSError, ValueError) as error:
+            print(f"error: --head-mask {args.head_mask}: {error}", file=sys.stderr)
+            return 2
+    init_kwargs = {name: {a: given[a] for a in cls.required_arguments if a in given} for name, cls in METHODS.items()}
+    visualizer = text_visualizer(model, tokenizer, texts, labels, init_kwargs=init_kwargs)
+    shown = [n for n in sorted(METHODS) if not missing_arguments(METHODS[n], init_kwargs[n])]
+    left_out = {n: ", ".join(missing_arguments(METHODS[n], init_kwargs[n])) for n in sorted(METHODS) if n not in shown}
+    print(f"Captum Insights with methods {shown} for {args.model}"
+          + "".join(f"; {n} left out (needs `{a}`)" for n, a in left_out.items()), flush=True)
     visualizer.serve(blocking=True, port=args.port)
     return 0
 

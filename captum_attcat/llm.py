@@ -48,7 +48,7 @@ from captum.attr._utils.attribution import Attribution
 from captum.attr._utils.interpretable_input import InterpretableInput, TextTemplateInput, TextTokenInput
 from torch import Tensor
 
-from ._core.base import TransformerAttribution
+from .base import TransformerAttribution
 from ._core.lrp_methods import LRPAttribution
 from .targets import NextTokens
 

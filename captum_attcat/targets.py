@@ -320,6 +320,27 @@ def target_positions(target: Any, batch: int, device: Any = None) -> Tensor | No
     return None
 
 
+#: the kinds of target a method may accept (see :func:`target_kind`)
+TARGET_KINDS = frozenset({"class", "position", "answer_span", "next_tokens"})
+
+
+def target_kind(target: Any) -> str:
+    """What ``target`` explains: ``"next_tokens"`` (:class:`NextTokens`), ``"answer_span"``
+    (:class:`AnswerSpan`), ``"position"`` (``(position, index)`` pairs of per-token outputs) or
+    ``"class"`` (an index, one per example, or none); methods list theirs in ``accepted_targets``.
+
+    Example::
+
+        >>> target_kind(1), target_kind([(14, 0), (9, 0)]), target_kind(AnswerSpan([3], [5]))
+        ('class', 'position', 'answer_span')
+    """
+    if isinstance(target, NextTokens):
+        return "next_tokens"
+    if isinstance(target, AnswerSpan):
+        return "answer_span"
+    return "position" if target_positions(target, 1) is not None else "class"
+
+
 def accepts_answer_spans(attribute: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Decorate a method's ``attribute(self, inputs, target, additional_forward_args, **kwargs)``
     so that a :class:`NextTokens` target gives ``(batch, n, ...)`` and an :class:`AnswerSpan`
@@ -329,6 +350,10 @@ def accepts_answer_spans(attribute: Callable[..., Tensor]) -> Callable[..., Tens
     @functools.wraps(attribute)
     def wrapper(self: Any, inputs: Any, target: Any = None, additional_forward_args: Any = None, **kwargs: Any
                 ) -> Tensor:
+        kind = target_kind(target)
+        if kind not in getattr(self, "accepted_targets", TARGET_KINDS):
+            raise ValueError(f"{type(self).__name__} explains {' or '.join(sorted(self.accepted_targets))} targets "
+                             f"only; got {'an' if kind[0] in 'aeiou' else 'a'} {kind.replace('_', ' ')} target ({target!r})")
         if not isinstance(target, (AnswerSpan, NextTokens)):
             return attribute(self, inputs, target, additional_forward_args, **kwargs)
         from ._utils.validation import check_token_inputs

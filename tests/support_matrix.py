@@ -173,7 +173,7 @@ def _head_mask(model: torch.nn.Module, inputs: torch.Tensor, args: tuple = ()) -
 
     explainer = RawAttention(model)
     try:
-        heads = explainer._attention_pass(inputs, None, args or None).attentions[0].shape[1]
+        heads = explainer.record_forward(inputs, None, args or None).attentions[0].shape[1]
     except Exception:  # the method's own error will say why
         config = explainer.adapter.config
         configs = (config, getattr(config, "vision_config", None))

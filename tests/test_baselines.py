@@ -135,7 +135,7 @@ def test_start_layer_last_is_the_last_block_alone():
     model = tiny_bert()
     ids, mask = padded_batch([8, 5])
     explainer = TransAtt(model)
-    run = explainer._relevance_pass(ids, 1, (mask,), blocks=[2], attention_grads=True)
+    run = explainer.record_relevance(ids, 1, (mask,), blocks=[2], attention_grads=True)
     bar = (run.attention_grads[0] * run.attention_relevance[0]).clamp(min=0).mean(1) + torch.eye(8)
     expected = (bar / bar.sum(-1, keepdim=True))[:, 0] * mask
     expected[:, 0] = 0

@@ -224,7 +224,7 @@ def test_references_need_a_class_target():
     ids, mask = padded_batch([7, 4])
     explainer = ContrastCAT(model, references=ids, reference_args=(mask,))
     for target in ([(1, 0), (2, 0)], AnswerSpan(start=[1, 2], end=[3, 2])):
-        with pytest.raises(ValueError, match="with `references`, `target` must be a class"):
+        with pytest.raises(ValueError, match="ContrastCAT explains class targets only; got an? (position|answer span) target"):
             explainer.attribute(ids, target=target, additional_forward_args=(mask,))
         scores = ContrastCAT(model).attribute(ids, target=target, additional_forward_args=(mask,))
         assert torch.isfinite(scores).all() and scores[1, 4:].eq(0).all()
@@ -248,7 +248,7 @@ def test_deletion_test_in_bounded_batches(monkeypatch):
     try:
         whole = explainer.attribute(ids, target=[0, 2], additional_forward_args=(mask, types))
         assert len(calls) == 2 + 2  # explained, references, one deletion batch per example
-        monkeypatch.setattr(module, "_DELETION_TOKENS", 5 * ids.shape[1])  # 5 rows a batch: 1 + 3 x 9 rows in 6
+        monkeypatch.setattr(module, "DELETION_TOKENS", 5 * ids.shape[1])  # 5 rows a batch: 1 + 3 x 9 rows in 6
         split = explainer.attribute(ids, target=[0, 2], additional_forward_args=(mask, types))
     finally:
         hook.remove()

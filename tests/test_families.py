@@ -56,8 +56,8 @@ def test_mixture_of_experts_routing_weights_pass_gradients_but_no_relevance():
     assert {type(m).__name__ for m in routing_modules([model])} == {"MixtralTopKRouter"}
     ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(9))
     explainer = TransAtt(model)
-    run = explainer._relevance_pass(ids, [0, 1], None, blocks=[0, 1], attention_grads=True)
-    plain = explainer._gradient_pass(ids, [0, 1], None, block_inputs=None, attention_grads=True)
+    run = explainer.record_relevance(ids, [0, 1], None, blocks=[0, 1], attention_grads=True)
+    plain = explainer.record_gradients(ids, [0, 1], None, block_inputs=None, attention_grads=True)
     for ours, theirs in zip(run.attention_grads, plain.attention_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
     assert model.config._experts_implementation != "eager"  # switched for the pass only
@@ -93,8 +93,8 @@ def test_gradient_mode_through_llama_rules_gives_the_ordinary_gradients():
     model = tiny_model(family("Llama"))
     ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(1))
     explainer = TransAtt(model)
-    run = explainer._relevance_pass(ids, [0, 1], None, blocks=[0, 1], attention_grads=True)
-    plain = explainer._gradient_pass(ids, [0, 1], None, block_inputs=None, attention_grads=True)
+    run = explainer.record_relevance(ids, [0, 1], None, blocks=[0, 1], attention_grads=True)
+    plain = explainer.record_gradients(ids, [0, 1], None, block_inputs=None, attention_grads=True)
     for ours, theirs in zip(run.attention_grads, plain.attention_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
 
@@ -104,7 +104,7 @@ def test_soft_capping_and_sinks_are_applied():
     less than 1, and Gemma-2's explained logits are its own."""
     gemma = tiny_model(family("Gemma-2"))
     ids = torch.randint(5, 100, (1, 6), generator=torch.Generator().manual_seed(2))
-    run = AttCAT(gemma)._gradient_pass(ids, 0, None, attention=True)
+    run = AttCAT(gemma).record_gradients(ids, 0, None, attention=True)
     # (Gemma-2's own eager softmax runs in float32 even in a float64 model, hence 1e-6)
     torch.testing.assert_close(run.scores, gemma(input_ids=ids).logits[:, 0].detach(), rtol=0, atol=1e-6)
     attentions = [m for m in gemma.modules() if hasattr(m, "attn_logit_softcapping")]
@@ -112,7 +112,7 @@ def test_soft_capping_and_sinks_are_applied():
         module.attn_logit_softcapping = None
     assert (gemma(input_ids=ids).logits[:, 0].detach() - run.scores).abs().max() > 1e-3
     oss = tiny_model(family("gpt-oss"))
-    run = AttCAT(oss)._gradient_pass(ids, 0, None, attention=True)
+    run = AttCAT(oss).record_gradients(ids, 0, None, attention=True)
     assert (run.attentions[0].sum(-1) < 1 - 1e-4).all()
     torch.testing.assert_close(run.scores, oss(input_ids=ids).logits[:, 0].detach(), rtol=0, atol=1e-6)
 
@@ -143,7 +143,7 @@ def test_a_shared_layer_is_one_block_per_application():
     explainer = TransAtt(model)
     assert len(explainer.adapter.blocks) == 2 and explainer.adapter.blocks[0] is explainer.adapter.blocks[1]
     ids = torch.randint(5, 100, (1, 6), generator=torch.Generator().manual_seed(4))
-    run = explainer._relevance_pass(ids, 0, None, blocks=[0, 1], attention_grads=True)
+    run = explainer.record_relevance(ids, 0, None, blocks=[0, 1], attention_grads=True)
     assert all(r.count_nonzero() for r in run.attention_relevance)
     assert not torch.equal(run.attentions[0], run.attentions[1])
 
@@ -221,7 +221,7 @@ def test_the_head_mask_applies_where_the_model_multiplies_a_reshaped_copy(name):
     some[1, :3] = False
     received = []
     for mask in (every, some):
-        run = MaskLRP(model, head_mask=mask)._relevance_pass(ids, 0, None, blocks=range(2), attention_grads=True)
+        run = MaskLRP(model, head_mask=mask).record_relevance(ids, 0, None, blocks=range(2), attention_grads=True)
         received.append(run.recorder.received)
     assert received[0][0].shape == run.attentions[0].shape  # (batch, heads, queries, keys)
     torch.testing.assert_close(received[0][1], received[1][1])  # the last block receives the same ...

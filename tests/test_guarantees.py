@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import assert_same_state, padded_batch, snapshot, tiny_bert, tiny_model, unusual_model
+from captum_attcat import target_kind
 
 FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2"]
 
@@ -179,8 +180,11 @@ def test_bad_target(model3, method_case, target, message):
 def test_junk_targets(model3, method_case, target, error, message):
     """Every method, those that do not need a target too, rejects one it cannot use."""
     ids, mask = padded_batch([6, 4])
+    explainer = method_case(model3)
+    if target_kind(target) not in explainer.accepted_targets:  # refused for its kind before it is read
+        error, message = ValueError, f"{type(explainer).__name__} explains class targets only"
     with pytest.raises(error, match=message):
-        _explain(method_case(model3), ids, target, mask)
+        _explain(explainer, ids, target, mask)
 
 
 def test_bad_inputs_of_every_kind(model3, method_case):

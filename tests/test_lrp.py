@@ -159,8 +159,8 @@ def test_gradient_mode_gives_the_ordinary_gradients():
     model = tiny_bert()
     ids, mask = padded_batch([8, 5])
     explainer = TransAtt(model)
-    run = explainer._relevance_pass(ids, 1, (mask,), blocks=[0, 1, 2], attention_grads=True)
-    plain = explainer._gradient_pass(ids, 1, (mask,), block_inputs=None, attention_grads=True)
+    run = explainer.record_relevance(ids, 1, (mask,), blocks=[0, 1, 2], attention_grads=True)
+    plain = explainer.record_gradients(ids, 1, (mask,), block_inputs=None, attention_grads=True)
     for ours, theirs in zip(run.attention_grads, plain.attention_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
     for ours, theirs in zip(run.attentions, plain.attentions):

@@ -26,14 +26,14 @@ def test_relevance_reaching_the_encoder_input(renormalize):
     ids, mask = padded_batch([9, 6])
     keep = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]])
     explainer = MaskLRP(model, head_mask=keep, renormalize=renormalize)
-    run = explainer._relevance_pass(ids, 1, (mask,), blocks=range(3), input_relevance=True)
+    run = explainer.record_relevance(ids, 1, (mask,), blocks=range(3), input_relevance=True)
     total = run.input_relevance.sum((1, 2))
     if renormalize:
         torch.testing.assert_close(total, torch.ones(2), rtol=1e-4, atol=1e-5)
     else:
         assert (total < 0.999).all() and (total > 0).all()
     full = MaskLRP(model, head_mask=torch.ones(3, 4), renormalize=renormalize)
-    total_full = full._relevance_pass(ids, 1, (mask,), blocks=range(3), input_relevance=True).input_relevance
+    total_full = full.record_relevance(ids, 1, (mask,), blocks=range(3), input_relevance=True).input_relevance
     torch.testing.assert_close(total_full.sum((1, 2)), torch.ones(2), rtol=1e-4, atol=1e-5)
 
 

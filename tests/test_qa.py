@@ -6,8 +6,8 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
-from captum_attcat import AnswerSpan, AttCAT, CAT, RawAttention, logits_of, span_attribution
-from captum_attcat._core.base import explained_scores
+from captum_attcat import AnswerSpan, AttCAT, CAT, RawAttention, logits_of, span_attribution, target_kind
+from captum_attcat.base import explained_scores
 from conftest import assert_same_state, padded_batch, snapshot, tiny_qa_model
 
 LENGTHS = [11, 7, 9]
@@ -43,8 +43,8 @@ def test_span_is_start_plus_end_for_every_method(method_case) -> None:
     model = tiny_qa_model("bert")
     explainer = method_case(model)
     ids, mask = _batch()
-    if explainer.class_targets_only:  # ContrastCAT with references: refused, naming what it takes
-        with pytest.raises(ValueError, match="must be a class"):
+    if "answer_span" not in explainer.accepted_targets:  # ContrastCAT with references: refused by name
+        with pytest.raises(ValueError, match="explains class targets only; got an answer span target"):
             explainer.attribute(ids, target=SPANS, additional_forward_args=(mask,))
         return
     before = snapshot(model)
@@ -70,8 +70,8 @@ def test_other_qa_families(family: str, method_case) -> None:
     ids, mask = padded_batch([9, 6], pad=1 if family == "roberta" else 0)
     ids = ids.clamp(min=2) * mask + (1 if family == "roberta" else 0) * (1 - mask)
     explainer = method_case(model)
-    if explainer.class_targets_only:
-        with pytest.raises(ValueError, match="must be a class"):
+    if "answer_span" not in explainer.accepted_targets:
+        with pytest.raises(ValueError, match="explains class targets only"):
             explainer.attribute(ids, target=AnswerSpan([3, 1], [5, 4]), additional_forward_args=(mask,))
         return
     scores = explainer.attribute(ids, target=AnswerSpan([3, 1], [5, 4]), additional_forward_args=(mask,))
@@ -132,8 +132,11 @@ def test_bad_qa_targets(target, error, words: str, method_case) -> None:
     model = tiny_qa_model("bert")
     ids, mask = _batch()
     before = snapshot(model)
+    explainer = method_case(model)
+    if target_kind(target) not in explainer.accepted_targets:  # refused for its kind before it is read
+        error, words = ValueError, f"{type(explainer).__name__} explains class targets only"
     with pytest.raises(error) as info:
-        method_case(model).attribute(ids, target=target, additional_forward_args=(mask,))
+        explainer.attribute(ids, target=target, additional_forward_args=(mask,))
     assert words in str(info.value)
     assert_same_state(before, snapshot(model))
 

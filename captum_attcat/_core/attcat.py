@@ -25,17 +25,9 @@ from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor
 
-from .base import GradientPass, TransformerAttribution, check_query_mask, query_rows
-from .maps import received_attention
-from .registry import register_method
-
-
-def class_activation_tokens(run: GradientPass) -> Tensor:
-    """``(batch, blocks, seq)``: ``sum_d grad * hidden`` per block, in float32 or wider."""
-    dtype = torch.promote_types(run.states[0].dtype, torch.float32)
-    return torch.stack(
-        [(g.to(dtype) * h.to(dtype)).sum(-1) for g, h in zip(run.state_grads, run.states)], dim=1
-    )
+from ..base import TransformerAttribution, check_query_mask, query_rows
+from ..maps import class_activation_tokens, received_attention
+from ..registry import register_method
 
 
 def _select_layers(layer_scores: Tensor, return_layer_scores: bool) -> Tensor:
@@ -88,7 +80,7 @@ class CAT(TransformerAttribution):
         Returns:
             ``(batch, seq)`` token scores (float32 for lower-precision models).
         """
-        run = self._gradient_pass(inputs, target, additional_forward_args, block_inputs=attribute_to_layer_input)
+        run = self.record_gradients(inputs, target, additional_forward_args, block_inputs=attribute_to_layer_input)
         return _select_layers(class_activation_tokens(run), return_layer_scores)
 
     needs_attention = False
@@ -148,7 +140,7 @@ class AttCAT(TransformerAttribution):
             ``(batch, seq)`` token scores (float32 for lower-precision models).
         """
         check_query_mask(query_mask, inputs)
-        run = self._gradient_pass(
+        run = self.record_gradients(
             inputs, target, additional_forward_args, block_inputs=attribute_to_layer_input, attention=True
         )
         attention = received_attention(run.attentions, query_rows(run, query_mask))

@@ -25,9 +25,9 @@ from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor
 
-from .base import GradientPass, TransformerAttribution, check_query_mask, query_rows
-from .maps import head_mean, positive_head_mean, query_mean, rollout, token_mask_of, wide
-from .registry import register_method
+from ..base import AttentionAttribution, AttentionGradientAttribution, check_query_mask, query_rows
+from ..maps import head_mean, positive_head_mean, query_mean, rollout, wide
+from ..registry import register_method
 
 _ARGS = r"""
         Args:
@@ -51,26 +51,8 @@ _QUERY_MASK = """
                 averaging over every row, as :class:`~captum_attcat.AttCAT` does."""
 
 
-def _mask(run: GradientPass) -> Tensor:
-    return token_mask_of(run.attention_mask, run.inputs, run.tokens)
-
-
-class _AttentionOnly(TransformerAttribution):
-    """Methods that read attention probabilities only (one forward, no gradient)."""
-
-    def _attention(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
-        return self._attention_pass(inputs, target, additional_forward_args)
-
-
-class _AttentionGradients(TransformerAttribution):
-    """Methods that read attention probabilities and their gradients (one forward, one backward)."""
-
-    def _attention(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
-        return self._gradient_pass(inputs, target, additional_forward_args, block_inputs=None, attention_grads=True)
-
-
 @register_method("RawAttention")
-class RawAttention(_AttentionOnly):
+class RawAttention(AttentionAttribution):
     r"""Raw attention (RawAtt): the last block's attention, mean over heads, row 0.
 
     Example::
@@ -80,15 +62,15 @@ class RawAttention(_AttentionOnly):
 
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
-        run = self._attention(inputs, target, additional_forward_args)
-        return self._row(head_mean(run.attentions[-1]), _mask(run), target)
+        run = self.record(inputs, target, additional_forward_args)
+        return self.explained_row(head_mean(run.attentions[-1]), run.token_mask, target)
 
     attribute.__doc__ = _ARGS.format(target_note=(
         "; a class index is not used (checked\n                when given), a position target picks the row read"), extra="")
 
 
 @register_method("AttentionRollout")
-class AttentionRollout(_AttentionOnly):
+class AttentionRollout(AttentionAttribution):
     r"""Attention rollout (Abnar & Zuidema 2020): ``Â(l) = mean_h A(l) + I``,
     row-normalised; ``Â(L) ··· Â(1)``, row 0.
 
@@ -99,15 +81,15 @@ class AttentionRollout(_AttentionOnly):
 
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
-        run = self._attention(inputs, target, additional_forward_args)
-        return self._row(rollout([head_mean(a) for a in run.attentions]), _mask(run), target)
+        run = self.record(inputs, target, additional_forward_args)
+        return self.explained_row(rollout([head_mean(a) for a in run.attentions]), run.token_mask, target)
 
     attribute.__doc__ = _ARGS.format(target_note=(
         "; a class index is not used (checked\n                when given), a position target picks the row read"), extra="")
 
 
 @register_method("AttentionGradient")
-class AttentionGradient(_AttentionGradients):
+class AttentionGradient(AttentionGradientAttribution):
     r"""Attention gradient ("Grads"; "CAM" in Mask-LRP): the gradient of the
     last block's attention, mean over heads and over the query rows of real
     tokens, clamped at 0.
@@ -121,15 +103,15 @@ class AttentionGradient(_AttentionGradients):
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None,
                   query_mask: Tensor | None = None) -> Tensor:
         check_query_mask(query_mask, inputs)
-        run = self._attention(inputs, target, additional_forward_args)
+        run = self.record(inputs, target, additional_forward_args)
         rows = query_rows(run, query_mask)
-        return query_mean(head_mean(run.attention_grads[-1]), rows).clamp(min=0) * _mask(run)
+        return query_mean(head_mean(run.attention_grads[-1]), rows).clamp(min=0) * run.token_mask
 
     attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK)
 
 
 @register_method("AttentionGradCAM")
-class AttentionGradCAM(_AttentionGradients):
+class AttentionGradCAM(AttentionGradientAttribution):
     r"""Attention Grad-CAM (Att-GradCAM; "GradCAM" in Mask-LRP): head weights
     ``w_h`` = mean of ``grad A(L)_h``; ``mean_h(w_h A(L)_h)`` clamped at 0,
     min-max scaled over the real tokens, row 0.
@@ -143,8 +125,8 @@ class AttentionGradCAM(_AttentionGradients):
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None,
                   query_mask: Tensor | None = None) -> Tensor:
         check_query_mask(query_mask, inputs)
-        run = self._attention(inputs, target, additional_forward_args)
-        mask, rows = _mask(run), query_rows(run, query_mask)
+        run = self.record(inputs, target, additional_forward_args)
+        mask, rows = run.token_mask, query_rows(run, query_mask)
         pairs = (rows[:, :, None] * rows[:, None, :])[:, None]  # (batch, 1, q, k): counted x counted
         grads = wide(run.attention_grads[-1]) * pairs
         weights = grads.sum((2, 3), keepdim=True) / pairs.sum((2, 3), keepdim=True)
@@ -154,13 +136,13 @@ class AttentionGradCAM(_AttentionGradients):
         high = cam.masked_fill(~pairs, float("-inf")).amax((1, 2), keepdim=True)
         spread = high - low
         scaled = torch.where(spread > 0, (cam - low) / spread.clamp(min=torch.finfo(cam.dtype).tiny), 0.0)
-        return self._row(scaled, mask, target)
+        return self.explained_row(scaled, mask, target)
 
     attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK.replace("query rows", "rows and columns"))
 
 
 @register_method("GradSAM")
-class GradSAM(_AttentionGradients):
+class GradSAM(AttentionGradientAttribution):
     r"""Grad-SAM (Barkan et al. 2021; "AttGrads"): mean over blocks and heads of
     ``A ⊙ relu(grad A)``, averaged over the query rows of real tokens.
 
@@ -173,15 +155,15 @@ class GradSAM(_AttentionGradients):
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None,
                   query_mask: Tensor | None = None) -> Tensor:
         check_query_mask(query_mask, inputs)
-        run = self._attention(inputs, target, additional_forward_args)
+        run = self.record(inputs, target, additional_forward_args)
         maps = [head_mean(wide(a) * wide(g).clamp(min=0)) for a, g in zip(run.attentions, run.attention_grads)]
-        return query_mean(torch.stack(maps).mean(0), query_rows(run, query_mask)) * _mask(run)
+        return query_mean(torch.stack(maps).mean(0), query_rows(run, query_mask)) * run.token_mask
 
     attribute.__doc__ = _ARGS.format(target_note="", extra=_QUERY_MASK)
 
 
 @register_method("GAE")
-class GAE(_AttentionGradients):
+class GAE(AttentionGradientAttribution):
     r"""Generic Attention-model Explainability (Chefer et al. 2021a):
     ``Ā(l) = mean_h (grad A(l) ⊙ A(l))^+``; ``R = I``, then ``R ← R + Ā(l) R``
     for ``l = 1..L``; row 0, [CLS] included (``R[0, 0] >= 1``).
@@ -193,13 +175,13 @@ class GAE(_AttentionGradients):
 
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
-        run = self._attention(inputs, target, additional_forward_args)
+        run = self.record(inputs, target, additional_forward_args)
         relevance = None
         for attention, grad in zip(run.attentions, run.attention_grads):
             weighted = positive_head_mean(grad, attention)
             if relevance is None:
                 relevance = torch.eye(weighted.shape[-1], dtype=weighted.dtype, device=weighted.device).expand_as(weighted)
             relevance = relevance + weighted @ relevance
-        return self._row(relevance, _mask(run), target, keep_cls=True)
+        return self.explained_row(relevance, run.token_mask, target, keep_cls=True)
 
     attribute.__doc__ = _ARGS.format(target_note="", extra="")

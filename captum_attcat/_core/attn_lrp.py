@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from torch.nn import Module
 
 from .lrp_methods import TransformerLRP
-from .registry import register_method
+from ..registry import register_method
 
 
 @register_method("AttnLRP")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -37,36 +36,9 @@ from .._utils.state import explanation_mode
 from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules, routing_modules
 from ..lrp.rules import LRPRules
 from ..targets import NextTokens
-from .base import TransformerAttribution, check_aligned, explained_scores, per_target, spread
-from .maps import positive_head_mean, rollout, token_mask_of, wide
-from .registry import register_method
-
-
-@dataclass
-class RelevancePass:
-    """What one LRP forward and its backward passes gave.
-
-    Attributes:
-        inputs: the validated inputs.
-        token_mask: ``(batch, seq)`` float, 1 for real tokens.
-        scores: explained scores ``(batch,)`` (detached).
-        blocks: the block indices the per-block lists below refer to.
-        attentions: attention probabilities of ``blocks`` (detached).
-        attention_grads: their gradients, if asked for.
-        attention_relevance: their relevance ``R_A``.
-        input_relevance: relevance at the encoder input ``(batch, seq, hidden)``, if asked for.
-        recorder: the attention recorder of the pass (what it kept, e.g. for MaskLRP).
-    """
-
-    inputs: Tensor
-    token_mask: Tensor
-    scores: Tensor
-    blocks: list[int]
-    attentions: list[Tensor] = field(default_factory=list)
-    attention_grads: list[Tensor] = field(default_factory=list)
-    attention_relevance: list[Tensor] = field(default_factory=list)
-    input_relevance: Tensor | None = None
-    recorder: AttentionRecorder | None = None
+from ..base import Recording, TransformerAttribution, check_aligned, explained_scores, per_target, spread
+from ..maps import positive_head_mean, rollout, token_mask_of, wide
+from ..registry import register_method
 
 
 @contextlib.contextmanager
@@ -120,7 +92,7 @@ class LRPAttribution(TransformerAttribution):
         """Records the attention probabilities (in the graph) during the LRP forward."""
         return AttentionRecorder(self.adapter.attention_modules, keep_graph=True)
 
-    def _relevance_pass(
+    def record_relevance(
         self,
         inputs: Any,
         target: TargetType,
@@ -128,10 +100,18 @@ class LRPAttribution(TransformerAttribution):
         blocks: Sequence[int] = (),
         attention_grads: bool = False,
         input_relevance: bool = False,
-    ) -> RelevancePass:
-        """One forward under the LRP engine; gradients (if asked) and relevance at
-        the attention maps of ``blocks`` and (if asked) at the encoder input."""
-        inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
+    ) -> Recording:
+        """One forward under the LRP engine; gradients (if asked) and relevance at the attention
+        maps of ``blocks`` and (if asked) at the encoder input (``state_relevance[0]``, the first
+        block's input, also ``input_relevance``). Relevance is no gradient of the model, so this
+        pass takes no gradients through Captum's layer utilities: the engine walks its own graph.
+
+        Example::
+
+            >>> run = TransAtt(model).record_relevance(input_ids, 1, (mask,), blocks=[5], attention_grads=True)
+            >>> run.attention_relevance[0].shape                 # (batch, heads, seq, seq), block 5
+        """
+        inputs, args, attention_mask = self.prepare_inputs(inputs, additional_forward_args)
         if any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda")):
             raise RuntimeError(
                 f"{type(self).__name__} cannot run under torch.autocast: the LRP rules work on the model's "
@@ -200,18 +180,20 @@ class LRPAttribution(TransformerAttribution):
                 for module, backward, backward_pre in hooks:
                     module._backward_hooks, module._backward_pre_hooks = backward, backward_pre
         tokens = states.tensors[0].shape[1]  # type: ignore[union-attr]
-        times, token_mask = 1, token_mask_of(attention_mask, inputs, tokens)
+        times, visible = 1, None
         if isinstance(target, NextTokens):  # one row per explained token: what it sees
-            times, token_mask = len(target), target.visible(attention_mask, tokens, inputs.device)
-        return RelevancePass(
+            times, visible = len(target), target.visible(attention_mask, tokens, inputs.device)
+        return Recording(
             inputs=inputs,
-            token_mask=token_mask,
+            attention_mask=attention_mask if visible is None else visible,
             scores=scores.detach().flatten(),
             blocks=blocks,
             attentions=[spread(a.detach(), times) for a in attentions],
             attention_grads=list(grads),
             attention_relevance=relevance[: len(blocks)],
-            input_relevance=relevance[len(blocks)] if input_relevance else None,
+            state_relevance=relevance[len(blocks):],
+            tokens=tokens,
+            visible=visible,
             recorder=recorder,
         )
 
@@ -249,7 +231,7 @@ class TransformerLRP(LRPAttribution):
 
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
-        run = self._relevance_pass(inputs, target, additional_forward_args, input_relevance=True)
+        run = self.record_relevance(inputs, target, additional_forward_args, input_relevance=True)
         return wide(run.input_relevance).sum(-1) * run.token_mask  # type: ignore[arg-type]
 
     attribute.__doc__ = _ARGS.format(extra="")
@@ -268,9 +250,9 @@ class PartialLRP(LRPAttribution):
     @log_usage()
     def attribute(self, inputs: Tensor, target: TargetType = None, additional_forward_args: Any = None) -> Tensor:
         last = len(self.adapter.blocks) - 1
-        run = self._relevance_pass(inputs, target, additional_forward_args, blocks=[last])
+        run = self.record_relevance(inputs, target, additional_forward_args, blocks=[last])
         cam = wide(run.attention_relevance[0]).clamp(min=0).mean(1)
-        return self._row(cam, run.token_mask, target)
+        return self.explained_row(cam, run.token_mask, target)
 
     attribute.__doc__ = _ARGS.format(extra="")
 
@@ -298,11 +280,11 @@ class TransAtt(LRPAttribution):
         if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < n_blocks:
             raise ValueError(f"`start_layer` must be an int in [0, {n_blocks}) (the model has {n_blocks} blocks); "
                              f"got {start_layer!r}")
-        run = self._relevance_pass(
+        run = self.record_relevance(
             inputs, target, additional_forward_args, blocks=range(start_layer, n_blocks), attention_grads=True
         )
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, run.attention_relevance)]
-        return self._row(rollout(maps), run.token_mask, target)
+        return self.explained_row(rollout(maps), run.token_mask, target)
 
     attribute.__doc__ = _ARGS.format(
         extra="\n            start_layer: the first block of the rollout (0: all blocks)."

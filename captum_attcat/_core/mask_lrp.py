@@ -32,8 +32,8 @@ from ..heads.mask import HeadMask
 from ..lrp.engine import Propagation
 from ..lrp.rules import LRPRules
 from .lrp_methods import LRPAttribution
-from .maps import positive_head_mean, rollout
-from .registry import register_method
+from ..maps import positive_head_mean, rollout
+from ..registry import register_method
 
 
 class HeadMaskedProduct:
@@ -170,7 +170,7 @@ class MaskLRP(LRPAttribution):
             ``(batch, seq)`` float32 token scores; 0 at [CLS] and at padding.
         """
         blocks = len(self.adapter.blocks)
-        run = self._relevance_pass(inputs, target, additional_forward_args, blocks=range(blocks), attention_grads=True)
+        run = self.record_relevance(inputs, target, additional_forward_args, blocks=range(blocks), attention_grads=True)
         if self.head_mask is not None:
             heads = run.attentions[0].shape[1]
             if self.head_mask.shape[1] != heads:
@@ -187,4 +187,4 @@ class MaskLRP(LRPAttribution):
         else:
             relevance = run.attention_relevance
         maps = [positive_head_mean(g, r) for g, r in zip(run.attention_grads, relevance)]
-        return self._row(rollout(maps), run.token_mask, target)
+        return self.explained_row(rollout(maps), run.token_mask, target)

@@ -23,6 +23,34 @@ from torch import Tensor
 from torch.nn import Module
 
 
+class Tap(Module):
+    """An identity module a recorded tensor passes through, so that Captum's layer utilities
+    (``compute_layer_gradients_and_eval``) can hook it as a layer output: a tensor inside a
+    block's call (its hidden-states argument among ``None`` masks and caches, attention
+    probabilities) becomes the plain output of a module. ``value`` is what passed (a fresh leaf
+    requiring grad when nothing upstream does); with ``clone=True`` the module hands on a clone,
+    as Captum's hook does, so in-place operations downstream cannot change what was recorded.
+
+    Example::
+
+        >>> tap = Tap(clone=True)
+        >>> out = tap(torch.ones(2))
+        >>> tap.value.requires_grad, out is tap.value
+        (True, False)
+    """
+
+    def __init__(self, clone: bool = False) -> None:
+        super().__init__()
+        self.clone = clone
+        self.value: Tensor | None = None
+
+    def forward(self, tensor: Tensor) -> Tensor:
+        if not tensor.requires_grad:  # nothing upstream needs grad: start a fresh leaf
+            tensor = tensor.detach().requires_grad_()
+        self.value = tensor
+        return tensor.clone() if self.clone else tensor
+
+
 class CallOrder:
     """Which entry each call of a module fills, when a module is listed at several entries (ALBERT's
     shared layer, applied once per block): its k-th call fills its k-th entry.
@@ -64,8 +92,12 @@ class BlockStates:
     on exit, whatever happens.
     """
 
-    def __init__(self, blocks: Sequence[Module], inputs: bool = True, fresh: bool = False) -> None:
+    def __init__(self, blocks: Sequence[Module], inputs: bool = True, fresh: bool = False,
+                 taps: Sequence[Tap] | None = None) -> None:
         self.blocks = list(blocks)
+        #: one :class:`Tap` per block that the recorded states pass through instead (they hand on
+        #: what the block receives)
+        self.taps = list(taps) if taps is not None else None
         self.inputs = inputs
         #: always start a fresh leaf at each recorded state (cut the graph upstream)
         self.fresh = fresh
@@ -79,6 +111,10 @@ class BlockStates:
         self._order = CallOrder(entries)
 
     def _keep(self, index: int, hidden: Tensor) -> Tensor:
+        if self.taps is not None:
+            passed = self.taps[index](hidden)
+            self.tensors[index] = self.taps[index].value
+            return passed
         if self.fresh or not hidden.requires_grad:  # nothing upstream needs grad: start a fresh leaf
             hidden = hidden.detach().requires_grad_()
         self.tensors[index] = hidden

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .._core.registry import METHODS, missing_arguments
+from ..registry import METHODS, missing_arguments
 from .records import merge_subwords
 
 

@@ -12,7 +12,7 @@ import torch
 from captum.attr import visualization as captum_visualization
 
 from captum_attcat import CAT, METHODS, AttCAT, register_method
-from captum_attcat._core.base import TransformerAttribution
+from captum_attcat.base import TransformerAttribution
 from captum_attcat.visualization import (
     TextExplanation,
     explain_text,
@@ -191,7 +191,7 @@ def test_a_newly_registered_method_needs_no_code_change(model, tokenizer):
         needs_attention = False
 
         def attribute(self, inputs, target=None, additional_forward_args=None):
-            run = self._gradient_pass(inputs, target, additional_forward_args)
+            run = self.record_gradients(inputs, target, additional_forward_args)
             return (run.state_grads[-1] * run.states[-1]).sum(-1)
 
     try:

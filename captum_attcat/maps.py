@@ -12,10 +12,13 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .base import Recording
 
 
 def wide(tensor: Tensor) -> Tensor:
@@ -86,3 +89,25 @@ def token_mask_of(attention_mask: Tensor | None, inputs: Tensor, tokens: int | N
     if attention_mask is None:
         return torch.ones(inputs.shape[0], tokens or inputs.shape[1], device=inputs.device)
     return attention_mask.to(inputs.device, torch.float32)
+
+
+def class_activation_tokens(run: "Recording") -> Tensor:
+    """``(batch, blocks, seq)``: ``sum_d grad * hidden`` of each recorded block state (CAT's per-block
+    scores), in float32 or wider."""
+    dtype = torch.promote_types(run.states[0].dtype, torch.float32)
+    return torch.stack(
+        [(g.to(dtype) * h.to(dtype)).sum(-1) for g, h in zip(run.state_grads, run.states)], dim=1
+    )
+
+
+def min_max(maps: Tensor, real: Tensor) -> Tensor:
+    """Maps ``(..., seq)`` scaled to [0, 1] over the tokens where ``real`` is 1 (0 if constant, 0 elsewhere).
+
+    Example::
+
+        >>> min_max(torch.tensor([[2., 4., 3., 9.]]), torch.tensor([[1, 1, 1, 0]])).tolist()
+        [[0.0, 1.0, 0.5, 0.0]]
+    """
+    low = maps.masked_fill(real == 0, float("inf")).amin(-1, keepdim=True)
+    span = maps.masked_fill(real == 0, -float("inf")).amax(-1, keepdim=True) - low
+    return torch.where((span > 0) & (real > 0), (maps - low) / torch.where(span > 0, span, 1), 0)

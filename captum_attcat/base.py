@@ -2,36 +2,44 @@
 
 A method is built either from a Hugging Face model, whose blocks and attention
 are found automatically, or in Captum's explicit form from any forward function
-with its blocks and attention modules. :meth:`TransformerAttribution._gradient_pass`
+with its blocks and attention modules. :meth:`TransformerAttribution.record_gradients`
 runs one forward pass that records what the method needs (block hidden states,
 attention probabilities) and one backward pass for the explained scores, with
-the model in eval mode and restored afterwards.
+the model in eval mode and restored afterwards, and returns a :class:`Recording`;
+:meth:`~TransformerAttribution.record_forward` records without gradients, and
+:meth:`LRPAttribution.record_relevance <captum_attcat.LRPAttribution.record_relevance>`
+records LRP relevance. :class:`AttentionAttribution` and
+:class:`AttentionGradientAttribution` are the bases of methods reading attention
+only, and attention with its gradients.
 
 Example::
 
-    >>> class MyMethod(TransformerAttribution):
+    >>> @register_method("MyCAT")
+    ... class MyCAT(TransformerAttribution):
+    ...     needs_attention = False
     ...     def attribute(self, inputs, target=None, additional_forward_args=None):
-    ...         run = self._gradient_pass(inputs, target, additional_forward_args, block_inputs=True)
+    ...         run = self.record_gradients(inputs, target, additional_forward_args)
     ...         return sum((g * h).sum(-1) for g, h in zip(run.state_grads, run.states))
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _select_targets
+from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum._utils.typing import TargetType
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from torch import Tensor
 from torch.nn import Module
 
-from .._utils.attention import AttentionRecorder, use_attention_handler
-from .._utils.forward import attention_maps
-from .._utils.hooks import BlockStates
-from .._utils.state import explanation_mode
-from .._utils.validation import (
+from ._utils.attention import AttentionRecorder, use_attention_handler
+from ._utils.hooks import BlockStates, Tap
+from ._utils.state import explanation_mode
+from ._utils.validation import (
     attention_mask_of,
     check_gradients_possible,
     check_pixel_values,
@@ -39,27 +47,37 @@ from .._utils.validation import (
     check_token_inputs,
     check_token_mask,
 )
-from ..models.adapters import TransformerAdapter, logits_of
-from ..targets import AnswerSpan, NextTokens, accepts_answer_spans, target_positions
-from .maps import cls_row
+from .models.adapters import TransformerAdapter, logits_of
+from .targets import TARGET_KINDS, AnswerSpan, NextTokens, accepts_answer_spans, target_positions
+from .maps import cls_row, token_mask_of
 
 
 @dataclass
-class GradientPass:
-    """What one forward + backward pass recorded, per block ``l`` (first to last).
+class Recording:
+    """What one pass recorded, per block ``l`` (first to last); the one record every method reads.
 
     Attributes:
         inputs: the validated inputs.
         attention_mask: ``(batch, seq)`` float mask, or ``None`` if none was passed.
-        scores: explained scores ``(batch,)`` (detached).
+        scores: explained scores ``(batch,)`` (detached; empty for a pass without a target).
         states: block hidden states ``(batch, seq, hidden)`` (detached).
         state_grads: gradients of the summed explained scores w.r.t. ``states``.
-        attentions: attention probabilities ``(batch, heads, queries, keys)`` (detached).
+        state_relevance: LRP relevance at ``states`` (the relevance pass records the first block's input).
+        attentions: attention probabilities ``(batch, heads, queries, keys)`` of ``blocks`` (detached).
         attention_grads: gradients w.r.t. ``attentions``, if asked for.
+        attention_relevance: LRP relevance at ``attentions`` (what ``A V`` hands to ``A``).
+        blocks: the blocks the attention lists refer to (``None``: every block).
+        output: the model's scores (logits), for a pass without gradients.
         tokens: the length of the blocks' sequence (the inputs' for text; [CLS] + patches for images).
         visible: for a :class:`~captum_attcat.NextTokens` target, ``(batch * n, seq)``: what each
             explained token sees (the per-block lists and ``attention_mask`` then hold one row per
             explained token, example-major; ``inputs`` stay ``(batch, ...)``), else ``None``.
+        recorder: the attention handler of the pass (what it kept, e.g. MaskLRP's masked relevance).
+
+    Example::
+
+        >>> run = AttCAT(model).record_gradients(input_ids, target=1, attention=True)
+        >>> run.states[0].shape, run.attentions[0].shape, run.token_mask.shape
     """
 
     inputs: Tensor
@@ -67,14 +85,29 @@ class GradientPass:
     scores: Tensor
     states: list[Tensor] = field(default_factory=list)
     state_grads: list[Tensor] = field(default_factory=list)
+    state_relevance: list[Tensor] = field(default_factory=list)
     attentions: list[Tensor] = field(default_factory=list)
     attention_grads: list[Tensor] = field(default_factory=list)
+    attention_relevance: list[Tensor] = field(default_factory=list)
+    blocks: list[int] | None = None
+    output: Tensor | None = None
     tokens: int = 0
     visible: Tensor | None = None
+    recorder: Any = None
 
     def __post_init__(self) -> None:
         if not self.tokens:
             self.tokens = self.inputs.shape[1]
+
+    @property
+    def token_mask(self) -> Tensor:
+        """Float ``(batch, seq)``: 1 where a token is real (or, for next tokens, visible), else 0."""
+        return token_mask_of(self.attention_mask, self.inputs, self.tokens)
+
+    @property
+    def input_relevance(self) -> Tensor | None:
+        """The relevance at the first block's input ``(batch, seq, hidden)``, if recorded."""
+        return self.state_relevance[0] if self.state_relevance else None
 
 
 def check_aligned(states: Sequence[Tensor], attentions: Sequence[Tensor], batch: int) -> None:
@@ -105,7 +138,7 @@ def check_query_mask(query_mask: Tensor | None, inputs: Any) -> None:
         raise ValueError(f"the query mask selects no query row for example {int(empty[0])}")
 
 
-def query_rows(run: GradientPass, query_mask: Tensor | None = None) -> Tensor:
+def query_rows(run: Recording, query_mask: Tensor | None = None) -> Tensor:
     """The query rows a method averages over, float ``(batch, seq)``: ``query_mask`` when
     given (checked by :func:`check_query_mask`), else the attention mask of the pass (all
     ones without one).
@@ -193,8 +226,8 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
     #: is TransAtt): argument -> what to pass; tools that build methods by name supply them or
     #: leave the method out, saying why (see :func:`~captum_attcat.missing_arguments`)
     required_arguments: dict[str, str] = {}
-    #: whether the method explains class targets only (no positions, answer spans or next tokens)
-    class_targets_only: bool = False
+    #: the kinds of target the method explains (:func:`~captum_attcat.target_kind`); another is refused by name
+    accepted_targets: frozenset[str] = TARGET_KINDS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -228,7 +261,9 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
     def has_convergence_delta(self) -> bool:
         return False
 
-    def _prepare(self, inputs: Any, additional_forward_args: Any) -> tuple[Tensor, tuple, Tensor | None]:
+    def prepare_inputs(self, inputs: Any, additional_forward_args: Any = None) -> tuple[Tensor, tuple, Tensor | None]:
+        """``(inputs, additional_forward_args, attention_mask)`` checked against the model (token ids in its
+        vocabulary, pixel values with its channels, ...); raises naming what is wrong."""
         check_gradients_possible()
         table = self.adapter.input_embeddings
         if self.adapter.reads_pixels:
@@ -242,55 +277,107 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         args = _format_additional_forward_args(additional_forward_args) or ()
         return inputs, args, attention_mask_of(inputs, args)
 
-    def _row(self, matrix: Tensor, token_mask: Tensor, target: TargetType, keep_cls: bool = False) -> Tensor:
+    def explained_row(self, matrix: Tensor, token_mask: Tensor, target: TargetType, keep_cls: bool = False) -> Tensor:
         """The row of ``(batch, n, n)`` that explains ``target``: the explained position for a
         position target (question answering), else :func:`~captum_attcat._core.maps.cls_row`'s."""
         return cls_row(matrix, token_mask, keep_cls=keep_cls, causal=self.adapter.causal,
                        rows=target_positions(target, matrix.shape[0], matrix.device))
 
-    def _attention_pass(self, inputs: Any, target: TargetType, additional_forward_args: Any) -> GradientPass:
-        """One forward pass reading only the attention probabilities (no gradients,
-        ``scores`` empty); ``target`` is optional and only checked when given."""
-        inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
-        output, attentions = attention_maps(self.adapter, inputs, *args)
-        check_aligned([], attentions, inputs.shape[0])
-        if isinstance(target, NextTokens):  # one row per explained token: what it sees
-            target.select(logits_of(output))
-            visible = target.visible(attention_mask, attentions[0].shape[-1], inputs.device)
-            return GradientPass(inputs, visible, scores=inputs.new_empty(0, dtype=torch.float32),
-                                attentions=[spread(a, len(target)) for a in attentions],
-                                tokens=attentions[0].shape[-1], visible=visible)
-        if target is not None:
-            check_target(target, logits_of(output))
-        return GradientPass(inputs, attention_mask, scores=inputs.new_empty(0, dtype=torch.float32),
-                            attentions=attentions, tokens=attentions[0].shape[-1])
+    def record_forward(self, inputs: Any, target: TargetType = None, additional_forward_args: Any = None,
+                       states: bool = False, attention: bool = True) -> Recording:
+        """One forward pass without gradients, the model in eval mode and restored afterwards: every
+        block's attention probabilities (unless ``attention=False``), its input hidden states if
+        ``states``, and the model's scores (``output``). ``target`` is optional and only checked (a
+        :class:`~captum_attcat.NextTokens` target gives one row per explained token).
 
-    def _gradient_pass(
+        Example::
+
+            >>> run = explainer.record_forward(input_ids, additional_forward_args=(mask,), states=True)
+            >>> run.output.softmax(-1), run.states[0], run.attentions[-1]
+        """
+        inputs, args, attention_mask = self.prepare_inputs(inputs, additional_forward_args)
+        adapter = self.adapter
+        attention = attention and bool(adapter.attention_modules)
+        recorder = AttentionRecorder(adapter.attention_modules)
+        recorded = BlockStates(adapter.blocks if states else [])
+        handles: list = []
+        with adapter.lock():
+            try:
+                with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
+                        use_attention_handler(recorder) if attention else nullcontext():
+                    if attention:
+                        handles = recorder.hook_outputs(adapter.hooked_attention)
+                    with recorded:
+                        output = adapter.forward(inputs, *args)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        attentions = recorder.captured() if attention else []
+        kept = [s.detach() for s in recorded.captured()]
+        check_aligned(kept, attentions, inputs.shape[0])
+        tokens = attentions[0].shape[-1] if attentions else kept[0].shape[1] if kept else inputs.shape[1]
+        if isinstance(target, NextTokens):  # one row per explained token: what it sees
+            target.select(output)
+            visible = target.visible(attention_mask, tokens, inputs.device)
+            return Recording(inputs, visible, scores=inputs.new_empty(0, dtype=torch.float32),
+                             states=[spread(s, len(target)) for s in kept],
+                             attentions=[spread(a, len(target)) for a in attentions],
+                             output=output, tokens=tokens, visible=visible)
+        if target is not None:
+            check_target(target, output)
+        return Recording(inputs, attention_mask, scores=inputs.new_empty(0, dtype=torch.float32), states=kept,
+                         attentions=attentions, output=output, tokens=tokens)
+
+    def record_gradients(
         self,
         inputs: Any,
-        target: TargetType,
-        additional_forward_args: Any,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
         block_inputs: bool | None = True,
         attention: bool = False,
         attention_grads: bool = False,
-    ) -> GradientPass:
-        """One forward and one backward pass.
+    ) -> Recording:
+        """One forward and one backward pass of the explained scores.
 
-        ``block_inputs``: record block inputs (True), outputs (False) or no
-        hidden states (None). ``attention``: record attention probabilities;
-        ``attention_grads``: also their gradients. Hugging Face attention always
-        runs through the library's eager implementation, so every method sees
-        the same numbers whatever implementation the model was loaded with.
+        ``block_inputs``: record block inputs (True), outputs (False) or no hidden states (None)
+        with their gradients. ``attention``: record attention probabilities; ``attention_grads``:
+        also their gradients. Hugging Face attention always runs through the library's eager
+        implementation, so every method sees the same numbers whatever implementation the model
+        was loaded with.
+
+        The gradients come from Captum's ``compute_layer_gradients_and_eval`` on :class:`Tap`
+        modules the recorded tensors pass through (a block's hidden states arrive among ``None``
+        masks, caches and keywords, which Captum's layer hooks do not accept; the probabilities
+        are no module's output). Not for a :class:`~captum_attcat.NextTokens` target: Captum's
+        utility takes one backward of one score per example, and such a target needs one backward
+        per explained token (on the graph of the one forward), so it is taken here.
+
+        Example::
+
+            >>> run = explainer.record_gradients(input_ids, target=1, additional_forward_args=(mask,))
+            >>> sum((g * h).sum(-1) for g, h in zip(run.state_grads, run.states))  # CAT
         """
-        inputs, args, attention_mask = self._prepare(inputs, additional_forward_args)
+        inputs, args, attention_mask = self.prepare_inputs(inputs, additional_forward_args)
         adapter = self.adapter
         attention = attention or attention_grads
-        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads)
+        per_token = isinstance(target, NextTokens)
+        # without hidden states to record, the first block's input still passes a tap: the gradient
+        # starts there even when nothing upstream (a frozen encoder) requires grad
+        recorded = adapter.blocks if block_inputs is not None else adapter.blocks[:1]
+        state_taps = [Tap(clone=per_token) for _ in recorded]
+        attention_taps = [Tap(clone=per_token) for _ in adapter.attention_modules] if attention_grads else None
+        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads, taps=attention_taps)
+        states = BlockStates(recorded, inputs=block_inputs is not False, taps=state_taps)
+        wanted = (state_taps if block_inputs is not None else []) + (attention_taps or [])
         handles: list = []
-        # without hidden states to record, the first block's input is still recorded: the
-        # gradient starts there even when nothing upstream (a frozen encoder) requires grad
-        states = BlockStates(adapter.blocks if block_inputs is not None else adapter.blocks[:1],
-                             inputs=block_inputs is not False)
+        explained: list[Tensor] = []
+
+        def scores_of(*call: Any) -> Tensor:
+            output = adapter.forward(*call)
+            check_aligned(states.captured(), recorder.captured() if attention else [], inputs.shape[0])
+            explained.append(explained_scores(output, target))
+            return explained[-1]
+
         with adapter.lock():
             try:
                 with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
@@ -298,29 +385,29 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                     if attention:
                         handles = recorder.hook_outputs(adapter.hooked_attention)
                     with states:
-                        output = adapter.forward(inputs, *args)
-                    check_aligned(states.captured(), recorder.captured() if attention else [], inputs.shape[0])
-                    scores = explained_scores(output, target)
-                    wrt = states.captured() if block_inputs is not None else []
-                    if attention_grads:
-                        wrt += recorder.captured()
-                    grads = per_target(lambda s, retain: torch.autograd.grad(s.sum(), wrt, retain_graph=retain),
-                                       scores) if wrt else []
+                        if per_token or not wanted:
+                            scores = scores_of(inputs, *args)
+                            taken = [tap.value for tap in wanted]
+                            grads = per_target(lambda s, retain: torch.autograd.grad(s.sum(), taken, retain_graph=retain),
+                                               scores) if wanted else []
+                        else:  # one device: the adapter runs the module inside a DataParallel wrapper
+                            grads = [g for (g,) in compute_layer_gradients_and_eval(
+                                scores_of, wanted, inputs, None, args, attribute_to_layer_input=False)[0]]
+                            scores = explained[-1]
             finally:
                 for handle in handles:
                     handle.remove()
                 states.remove()
-        kept = states.tensors if block_inputs is not None else []
-        n_states = len(kept)
+        n_states = len(wanted) - len(attention_taps or [])
         tokens = states.tensors[0].shape[1]  # type: ignore[union-attr]
         times, visible = 1, None
-        if isinstance(target, NextTokens):  # one row per explained token, sharing the forward's values
+        if per_token:  # one row per explained token, sharing the forward's values
             times, visible = len(target), target.visible(attention_mask, tokens, inputs.device)
-        return GradientPass(
+        return Recording(
             inputs=inputs,
             attention_mask=attention_mask if visible is None else visible,
             scores=scores.detach().flatten(),
-            states=[spread(s.detach(), times) for s in kept],  # type: ignore[union-attr]
+            states=[spread(s.detach(), times) for s in states.tensors] if block_inputs is not None else [],  # type: ignore[union-attr]
             state_grads=grads[:n_states],
             attentions=[spread(a.detach(), times) for a in recorder.captured()] if attention else [],
             attention_grads=grads[n_states:],
@@ -328,3 +415,36 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
             visible=visible,
         )
 
+
+class AttentionAttribution(TransformerAttribution):
+    """Base of methods that read attention probabilities only (one forward pass, no gradient):
+    :meth:`record` gives a :class:`Recording` of every block's attention.
+
+    Example::
+
+        >>> class LastRow(AttentionAttribution):
+        ...     def attribute(self, inputs, target=None, additional_forward_args=None):
+        ...         run = self.record(inputs, target, additional_forward_args)
+        ...         return self.explained_row(head_mean(run.attentions[-1]), run.token_mask, target)
+    """
+
+    def record(self, inputs: Any, target: TargetType = None, additional_forward_args: Any = None) -> Recording:
+        """Every block's attention probabilities; ``target`` is only checked."""
+        return self.record_forward(inputs, target, additional_forward_args)
+
+
+class AttentionGradientAttribution(TransformerAttribution):
+    """Base of methods that read attention probabilities and their gradients (one forward, one
+    backward): :meth:`record` gives a :class:`Recording` with ``attentions`` and ``attention_grads``.
+
+    Example::
+
+        >>> class LastGradient(AttentionGradientAttribution):
+        ...     def attribute(self, inputs, target=None, additional_forward_args=None):
+        ...         run = self.record(inputs, target, additional_forward_args)
+        ...         return head_mean(run.attention_grads[-1]).mean(1) * run.token_mask
+    """
+
+    def record(self, inputs: Any, target: TargetType = None, additional_forward_args: Any = None) -> Recording:
+        """Every block's attention probabilities and their gradients."""
+        return self.record_gradients(inputs, target, additional_forward_args, block_inputs=None, attention_grads=True)
