@@ -402,7 +402,7 @@ def _run_squad_shards(a: Any, argv: Sequence[str] | None, ranks: Ranks, protocol
     import sys
 
     from .cli import UsageError
-    from .run import _load_model, _versions, exit_status, method_arguments
+    from .run import _load_model, _versions, arguments_digest, exit_status, method_arguments
 
     progress, lead = not a.no_progress, ranks.rank == 0
     t0 = time.perf_counter()
@@ -418,16 +418,12 @@ def _run_squad_shards(a: Any, argv: Sequence[str] | None, ranks: Ranks, protocol
     model.to(ranks.device)
     ks = sorted(set(CURVE_KS) | {a.k})
     shards = qa_shards(questions, a.batch_size, a.max_tokens)
-    head_mask = method_kwargs.get("MaskLRP", {}).get("head_mask")
-    contrast = method_kwargs.get("ContrastCAT", {})
     parts = {
         "data": digest([[e.id, e.title, e.question, e.context, [list(x) for x in e.answers]] for e in examples]),
         "tokenized data": digest([[q.id, q.window.input_ids, q.window.token_type_ids, q.window.context_mask,
                                    list(q.gold), list(q.predicted)] for q in questions]),
         "model": model_digest(model),
-        "head mask": digest(None if head_mask is None else head_mask.mask.tolist()),
-        "references": digest([t.tolist() for t in (contrast.get("references"), *contrast.get("reference_args", ()))
-                              if t is not None]),
+        "method arguments": arguments_digest(method_kwargs),
         "settings": digest({"task": "squad", "data": source, "limit": a.limit, "methods": list(methods),
                             "protocols": [p.to_dict() for p in protocols], "k": a.k, "curve_ks": ks,
                             "window": a.window, "stride": a.stride, "batch_size": a.batch_size,

@@ -40,9 +40,10 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from captum_attcat import missing_arguments
 
 from .baselines import BASELINES, token_type_kwargs
 from .cli import ArgumentParser, UsageError, check_model_path, positive_int, run_command
@@ -533,40 +534,92 @@ def resolve_head_mask(spec: str, model: Any, tokenizer: Any, model_path: str, pr
     return mask, source
 
 
+def _head_mask_argument(a: argparse.Namespace, model: Any, tokenizer: Any, model_path: str, progress: bool
+                        ) -> tuple[dict[str, Any], str] | None:
+    """``head_mask`` from ``--head-mask`` (a file, ``auto``: found on UD English EWT dev, or ``none``)."""
+    head_mask, source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
+    if head_mask is not None:
+        source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
+    return {"head_mask": head_mask}, source
+
+
+def _references_argument(a: argparse.Namespace, model: Any, tokenizer: Any, model_path: str, progress: bool
+                         ) -> tuple[dict[str, Any], str] | None:
+    """``references`` (with ``reference_args``) from ``--references``: correctly classified examples of a
+    labelled file or of the task's training data; ``None`` when there is none."""
+    source = _reference_examples(a)
+    if source is None:
+        return None
+    examples = align_labels(source, model.config)
+    references, reference_args = reference_set(examples, model, tokenizer)
+    return ({"references": references, "reference_args": reference_args},
+            f"{len(references)} correctly classified examples of {examples.name}")
+
+
+#: how the runner obtains each required constructor argument (a method's ``required_arguments``):
+#: argument -> (its kwargs and where they came from), or ``None`` when the command line gives none
+ARGUMENT_PROVIDERS: dict[str, Callable[..., tuple[dict[str, Any], str] | None]] = {
+    "head_mask": _head_mask_argument, "references": _references_argument,
+}
+
+#: what to say when a provider gives nothing: argument -> the option that would give one
+ARGUMENT_OPTIONS = {"head_mask": "--head-mask FILE|auto",
+                    "references": "--references FILE (labelled examples, the columns of --text-column/"
+                                  "--label-column), or a task with training data (sst2)"}
+
+
+def arguments_digest(method_kwargs: dict[str, dict[str, Any]]) -> str:
+    """sha256 of every method's constructor arguments (a head mask, a reference set, IG's steps, ...),
+    for the fingerprint of partial results: tensors by their bytes, objects with ``to_dict`` by it.
+
+    Example::
+
+        >>> arguments_digest({"MaskLRP": {"head_mask": None}}) == arguments_digest({"MaskLRP": {"head_mask": None}})
+        True
+    """
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return digest(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value.to_dict() if hasattr(value, "to_dict") else value
+
+    return digest({name: {k: plain(v) for k, v in kwargs.items()} for name, kwargs in method_kwargs.items()})
+
+
 def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any, tokenizer: Any, model_path: str,
                      progress: bool, quiet: bool = False) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """The methods' constructor arguments from the command line (Integrated Gradients' steps and
-    token budget, MaskLRP's head mask, checked against the model before any work) and where the
-    head mask came from (``None`` without MaskLRP; said on standard error unless ``quiet``)."""
+    """The methods' constructor arguments from the command line: Integrated Gradients' steps and token
+    budget, and every required argument of a method (its ``required_arguments``, obtained once by
+    :data:`ARGUMENT_PROVIDERS` for all the methods needing it); each method is built once with them, so
+    an argument that does not fit the model stops the run before any work. A method whose argument the
+    command line cannot give is left out when ``--methods all`` (said on standard error unless ``quiet``),
+    refused otherwise. Returns the kwargs per method and where the head mask came from (``None`` when no
+    method takes one)."""
     method_kwargs: dict[str, dict[str, Any]] = {"IntegratedGradients": {"n_steps": a.ig_steps,
                                                                         "max_tokens": a.max_tokens}}
-    head_mask_source = None
-    if "MaskLRP" in methods:
-        head_mask, head_mask_source = resolve_head_mask(a.head_mask, model, tokenizer, model_path, progress)
-        methods["MaskLRP"](model, head_mask=head_mask)  # a mask of the wrong shape stops here, before any work
-        method_kwargs["MaskLRP"] = {"head_mask": head_mask}
-        if head_mask is not None:
-            head_mask_source += f"; {int(head_mask.mask.sum())} of {head_mask.mask.size} heads"
-        if not quiet:
-            print(f"MaskLRP head mask: {head_mask_source}", file=sys.stderr)
-    if "ContrastCAT" in methods:
-        source = _reference_examples(a)
-        if source is None:  # without a reference set ContrastCAT would be AttCAT under another name
-            if a.methods.strip().lower() != "all":
-                raise UsageError("ContrastCAT needs a reference set: --references FILE (labelled examples, the "
-                                 "columns of --text-column/--label-column), or a task with training data (sst2)")
-            methods.pop("ContrastCAT")
-            if not quiet:
-                print("ContrastCAT left out: no reference set (--references FILE, or a task with training data)",
-                      file=sys.stderr)
-        else:
-            examples = align_labels(source, model.config)
-            references, reference_args = reference_set(examples, model, tokenizer)
-            method_kwargs["ContrastCAT"] = {"references": references, "reference_args": reference_args}
-            if not quiet:
-                print(f"ContrastCAT references: {len(references)} correctly classified examples of {examples.name}",
-                      file=sys.stderr)
-    return method_kwargs, head_mask_source
+    provided: dict[str, tuple[dict[str, Any], str] | None] = {}
+    for name, cls in list(methods.items()):
+        needed = missing_arguments(cls)
+        for argument in needed:
+            if argument not in provided:
+                provider = ARGUMENT_PROVIDERS.get(argument)
+                provided[argument] = provider(a, model, tokenizer, model_path, progress) if provider else None
+            if provided[argument] is None:  # without it the method would be another one under its name
+                how = ARGUMENT_OPTIONS.get(argument, "no option of this command gives one")
+                if a.methods.strip().lower() != "all":
+                    raise UsageError(f"{name} needs `{argument}`: {how}")
+                methods.pop(name)
+                if not quiet:
+                    print(f"{name} left out: no `{argument}` ({how})", file=sys.stderr)
+                break
+            method_kwargs.setdefault(name, {}).update(provided[argument][0])  # type: ignore[index]
+        if needed and name in methods:
+            cls(model, **method_kwargs[name])  # an argument that does not fit the model stops here
+            for argument in needed if not quiet else ():
+                print(f"{name} {argument.replace('_', ' ')}: {provided[argument][1]}", file=sys.stderr)  # type: ignore[index]
+    head_mask = provided.get("head_mask")
+    return method_kwargs, None if head_mask is None else head_mask[1]
 
 
 def _reference_examples(a: argparse.Namespace) -> Examples | None:
@@ -720,16 +773,12 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
         lambda: method_arguments(a, methods, model, tokenizer, model_path, progress and lead, quiet=not lead))
     model.to(ranks.device)
     shards = shards_of(examples, tokenizer, model, a.batch_size, a.max_tokens)
-    head_mask = method_kwargs.get("MaskLRP", {}).get("head_mask")
     parts = {
         "data": digest([examples.texts, examples.text_pairs, examples.labels, list(examples.label_names or ())]),
         "tokenized data": digest([t for b in shards for t in (b.input_ids, b.attention_mask, b.token_type_ids)
                                   if t is not None]),
         "model": model_digest(model),
-        "head mask": digest(None if head_mask is None else head_mask.mask.tolist()),
-        "references": digest([t.tolist() for t in (method_kwargs.get("ContrastCAT", {}).get("references"),
-                                                   *method_kwargs.get("ContrastCAT", {}).get("reference_args", ()))
-                              if t is not None]),
+        "method arguments": arguments_digest(method_kwargs),
         "settings": digest({"task": task, "split": None if a.data else a.split, "limit": a.limit,
                             "columns": [a.text_column, a.label_column] if a.data else None, "methods": list(methods),
                             "protocols": [x.to_dict() for x in protos], "batch_size": a.batch_size,

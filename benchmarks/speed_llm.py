@@ -37,11 +37,13 @@ import transformers
 from captum.attr import LayerGradientXActivation, LLMGradientAttribution, TextTokenInput
 from torch import Tensor
 
-from captum_attcat import CAT, AttCAT, MaskLRP, TransAtt, TransformerAdapter
+from captum_attcat import METHODS, TransformerAdapter, missing_arguments
 from captum_attcat.llm import LLMTransformerAttribution
 
 ARCHITECTURES = ("llama", "gpt2")
 CAPTUM = "Captum LLMGradientAttribution(LayerGradientXActivation)"
+#: the methods measured (a required constructor argument comes from :data:`ARGUMENTS`)
+MEASURED = ("AttCAT", "CAT", "TransAtt", "MaskLRP")
 WORDS = ("good great fine bad awful dull movie film plot acting the a is was not very really "
          "fun boring , . ! it this").split()
 
@@ -89,6 +91,10 @@ def half_of_the_heads(model: torch.nn.Module) -> Tensor:
     return (torch.arange(blocks)[:, None] + torch.arange(heads)[None]) % 2 == 0
 
 
+#: how this harness supplies each required constructor argument: argument -> its value for a model
+ARGUMENTS: dict[str, Callable[[torch.nn.Module], object]] = {"head_mask": half_of_the_heads}
+
+
 def shared_forward_floor(model: torch.nn.Module, ids: Tensor, prompt_len: int) -> tuple[float, float]:
     """CPU seconds of one forward of ``ids`` (prompt then response) and of the gradients of every
     response token's log-probability w.r.t. the embedding output, one backward each."""
@@ -128,10 +134,9 @@ def measure(architecture: str, prompt_len: int = 32, response_len: int = 32, voc
     assert prompt.inp_tensor.shape[1] == prompt_len
 
     runners: dict[str, Callable[[], object]] = {}
-    for name, make in (("AttCAT", lambda: AttCAT(model)), ("CAT", lambda: CAT(model)),
-                       ("TransAtt", lambda: TransAtt(model)),
-                       ("MaskLRP", lambda: MaskLRP(model, head_mask=half_of_the_heads(model)))):
-        wrapper = LLMTransformerAttribution(make(), tokenizer)
+    for name in MEASURED:
+        arguments = {argument: ARGUMENTS[argument](model) for argument in missing_arguments(METHODS[name])}
+        wrapper = LLMTransformerAttribution(METHODS[name](model, **arguments), tokenizer)
         runners[name] = lambda wrapper=wrapper: wrapper.attribute(prompt, target=response)
     captum_llm = LLMGradientAttribution(LayerGradientXActivation(model, model.get_input_embeddings()), tokenizer)
     runners[CAPTUM] = lambda: captum_llm.attribute(prompt, target=response)

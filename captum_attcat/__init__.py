@@ -21,7 +21,7 @@ from ._core.attention_baselines import (
 from ._core.lrp_methods import LRPAttribution, PartialLRP, TransAtt, TransformerLRP
 from ._core.mask_lrp import MaskLRP
 from .base import AttentionAttribution, AttentionGradientAttribution, Recording, TransformerAttribution
-from .registry import METHODS, missing_arguments, register_method
+from .registry import METHODS, arguments_by_method, missing_arguments, register_method
 from ._utils.attention import ATTN_IMPLEMENTATION
 from .heads import HeadMask, HeadStatistics, ParsedSentence, head_statistics, read_conllu
 from .models.adapters import TransformerAdapter, logits_of
@@ -58,6 +58,7 @@ __all__ = [
     "TransformerAdapter",
     "TransformerAttribution",
     "TransformerLRP",
+    "arguments_by_method",
     "head_statistics",
     "logits_of",
     "missing_arguments",

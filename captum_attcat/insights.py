@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .registry import METHODS, missing_arguments
+from .registry import METHODS, arguments_by_method, missing_arguments
 
 __all__ = [
     "EXAMPLE_SENTENCES",
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             print(f"error: --head-mask {args.head_mask}: {error}", file=sys.stderr)
             return 2
-    init_kwargs = {name: {a: given[a] for a in cls.required_arguments if a in given} for name, cls in METHODS.items()}
+    init_kwargs = arguments_by_method({argument: {argument: value} for argument, value in given.items()})
     visualizer = text_visualizer(model, tokenizer, texts, labels, init_kwargs=init_kwargs)
     shown = [n for n in sorted(METHODS) if not missing_arguments(METHODS[n], init_kwargs[n])]
     left_out = {n: ", ".join(missing_arguments(METHODS[n], init_kwargs[n])) for n in sorted(METHODS) if n not in shown}

@@ -10,7 +10,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 METHODS: dict[str, type] = {}
 
@@ -40,3 +40,22 @@ def missing_arguments(cls: type, given: Mapping[str, Any] | None = None) -> dict
     """
     given = given or {}
     return {name: what for name, what in getattr(cls, "required_arguments", {}).items() if given.get(name) is None}
+
+
+def arguments_by_method(given: Mapping[str, Mapping[str, Any]], names: Iterable[str] | None = None
+                        ) -> dict[str, dict[str, Any]]:
+    """Per method (default: every registered one), the constructor arguments its ``required_arguments``
+    find in ``given`` (argument -> the keyword arguments it stands for), so a tool supplies arguments by
+    kind and never names a method; pass the result as ``init_kwargs``. What ``given`` lacks stays missing
+    (see :func:`missing_arguments`).
+
+    Example::
+
+        >>> given = {"head_mask": {"head_mask": mask},
+        ...          "references": {"references": ids, "reference_args": (attention_mask,)}}
+        >>> arguments_by_method(given)["MaskLRP"]
+        {'head_mask': mask}
+    """
+    names = sorted(METHODS) if names is None else list(names)
+    return {name: {key: value for argument in getattr(METHODS[name], "required_arguments", {})
+                   for key, value in given.get(argument, {}).items()} for name in names}

@@ -358,7 +358,7 @@ def test_contrast_cat_gets_a_reference_set_or_is_left_out(tmp_path: Path, tiny_m
     common = ["--data", str(data), "--text-column", "text", "--label-column", "y", "--limit", "4",
               "--model", str(tiny_model_dir), "--batch-size", "4", "--no-progress"]
     assert main([*common, "--methods", "ContrastCAT", "--out", str(tmp_path / "a")]) == 2
-    assert "ContrastCAT needs a reference set" in capsys.readouterr().err
+    assert "ContrastCAT needs `references`: --references FILE" in capsys.readouterr().err
     assert main([*common, "--methods", "AttCAT,ContrastCAT", "--references", str(data), "--out", str(tmp_path / "b")]) == 0
     assert "ContrastCAT references:" in capsys.readouterr().err
     rows = {r["method"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())["results"]}

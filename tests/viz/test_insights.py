@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_attcat import METHODS, AttCAT
+from captum_attcat import METHODS, AttCAT, arguments_by_method
 from captum_attcat.insights import EXAMPLE_SENTENCES, INSTALL_HINT, insights_available
 
 import textmodels
@@ -98,7 +98,13 @@ def test_methods_join_insights_and_explain_like_the_library(saved_model):
     model = AutoModelForSequenceClassification.from_pretrained(saved_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(saved_model)
     texts, labels = [t for t, _ in EXAMPLE_SENTENCES], [y for _, y in EXAMPLE_SENTENCES]
-    visualizer = text_visualizer(model, tokenizer, texts, labels)
+    plain = text_visualizer(model, tokenizer, texts, labels).get_insights_config()["methods"]
+    # built without its required arguments a method would be another one: left out until given
+    assert {n for n in METHODS if not METHODS[n].required_arguments} <= set(plain)
+    assert not {n for n in METHODS if METHODS[n].required_arguments} & set(plain)
+    with pytest.raises(ValueError, match="MaskLRP needs `head_mask`"):
+        text_visualizer(model, tokenizer, texts, labels, methods=["MaskLRP"])
+    visualizer = text_visualizer(model, tokenizer, texts, labels, init_kwargs=_required_arguments(model, tokenizer))
     config = visualizer.get_insights_config()
     assert set(METHODS) <= set(config["methods"])
     assert {"Integrated Gradients", "Saliency"} <= set(config["methods"])  # Captum's stay
@@ -122,6 +128,20 @@ def test_methods_join_insights_and_explain_like_the_library(saved_model):
         values = torch.tensor(shown.modified)
         assert len(values) == len(shown.base) and torch.isfinite(values).all(), name
         assert values.abs().max() == pytest.approx(100.0), name
+
+
+def _required_arguments(model, tokenizer) -> dict:
+    """Every method's required constructor arguments, by argument: all heads kept, and two sentences
+    as the reference set (as word embeddings: Insights hands the methods embeddings)."""
+    from captum_attcat import HeadMask
+
+    heads = torch.ones(model.config.num_hidden_layers, model.config.num_attention_heads)
+    encoded = tokenizer([t for t, _ in EXAMPLE_SENTENCES[:2]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        embedded = model.get_input_embeddings()(encoded["input_ids"])
+    given = {"head_mask": {"head_mask": HeadMask.from_tensor(heads)},
+             "references": {"references": embedded, "reference_args": (encoded["attention_mask"],)}}
+    return arguments_by_method(given)
 
 
 def _free_port() -> int:
@@ -155,9 +175,13 @@ def test_insights_in_headless_chromium_shows_attcat(saved_model, tmp_path):
     port = _free_port()
     data = tmp_path / "sentences.tsv"
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in EXAMPLE_SENTENCES), encoding="utf-8")
+    from captum_attcat import HeadMask
+
+    heads = tmp_path / "head_mask.json"
+    HeadMask.from_tensor(torch.ones(3, 4)).save(heads)  # textmodels.classifier: 3 blocks, 4 heads
     server = subprocess.Popen(
         [sys.executable, "-m", "captum_attcat.insights", "--model", str(saved_model), "--data", str(data),
-         "--port", str(port)],
+         "--port", str(port), "--head-mask", str(heads)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -170,7 +194,9 @@ def test_insights_in_headless_chromium_shows_attcat(saved_model, tmp_path):
                 select = page.locator("select[name=selected_method]")
                 select.wait_for(timeout=30_000)
                 options = select.locator("option").all_inner_texts()
-                assert set(METHODS) <= set(options) and "Integrated Gradients" in options
+                # every method but those needing an argument the command line did not give (references)
+                assert {n for n in METHODS if set(METHODS[n].required_arguments) <= {"head_mask"}} <= set(options)
+                assert "ContrastCAT" not in options and "Integrated Gradients" in options
                 select.select_option("AttCAT")
                 assert select.input_value() == "AttCAT"
                 page.get_by_role("button", name="Fetch").click()
