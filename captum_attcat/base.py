@@ -47,7 +47,7 @@ from ._utils.validation import (
     check_token_inputs,
     check_token_mask,
 )
-from .models.adapters import TransformerAdapter, logits_of
+from .models.adapters import TransformerAdapter
 from .targets import TARGET_KINDS, AnswerSpan, NextTokens, accepts_answer_spans, target_positions
 from .maps import cls_row, token_mask_of
 
@@ -390,7 +390,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                             taken = [tap.value for tap in wanted]
                             grads = per_target(lambda s, retain: torch.autograd.grad(s.sum(), taken, retain_graph=retain),
                                                scores) if wanted else []
-                        else:  # one device: the adapter runs the module inside a DataParallel wrapper
+                        else:  # Captum's utility, on one device: the adapter runs a DataParallel's module
                             grads = [g for (g,) in compute_layer_gradients_and_eval(
                                 scores_of, wanted, inputs, None, args, attribute_to_layer_input=False)[0]]
                             scores = explained[-1]

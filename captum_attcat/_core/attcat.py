@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor

@@ -37,7 +37,7 @@ from ..lrp.engine import Propagation, activation_modules, lrp_forward, normaliza
 from ..lrp.rules import LRPRules
 from ..targets import NextTokens
 from ..base import Recording, TransformerAttribution, check_aligned, explained_scores, per_target, spread
-from ..maps import positive_head_mean, rollout, token_mask_of, wide
+from ..maps import positive_head_mean, rollout, wide
 from ..registry import register_method
 
 
