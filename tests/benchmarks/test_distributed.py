@@ -81,7 +81,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data.write_text("text\ty\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
     args = ["--data", str(data), "--text-column", "text", "--label-column", "y", "--model", str(model_dir),
             "--methods", "all", "--protocol", "paper", "--batch-size", "2", "--head-mask", "none",
-            "--threads", "1", "--no-progress"]
+            "--threads", "1", "--device", "cpu", "--no-progress"]  # gloo, also where a GPU is (one per rank)
     threads = torch.get_num_threads()
     try:
         assert main([*args, "--out", str(d / "single")]) == 0
@@ -181,7 +181,8 @@ def test_ranks_that_disagree_on_the_data_fail_on_every_rank(toy: dict) -> None:
         lines = toy["data"].read_text().splitlines()
         (cwd / "data.tsv").write_text("\n".join(lines[:-1] if rank else lines) + "\n")
         procs.append(fork_run(["--data", "data.tsv", "--text-column", "text", "--label-column", "y", "--model",
-                               str(toy["model"]), "--methods", "Random", "--out", "out", "--no-progress"],
+                               str(toy["model"]), "--methods", "Random", "--device", "cpu", "--out", "out",
+                               "--no-progress"],
                               cwd, cwd / "log", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
                               LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
     for rank, proc in enumerate(procs):
@@ -271,7 +272,7 @@ def qa_toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data.write_text(json.dumps({"version": "toy", "data": [{"title": "toy", "paragraphs": paragraphs}]}))
     args = ["--task", "squad", "--data", str(data), "--model", str(model_dir), "--methods", "all", "--protocol", "all",
             "--k", "3", "--window", "48", "--stride", "16", "--batch-size", "2", "--ig-steps", "4",
-            "--head-mask", "none", "--threads", "1", "--no-progress"]
+            "--head-mask", "none", "--threads", "1", "--device", "cpu", "--no-progress"]
     threads = torch.get_num_threads()
     try:
         assert main([*args, "--out", str(d / "single")]) == 0
