@@ -345,12 +345,15 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         implementation, so every method sees the same numbers whatever implementation the model
         was loaded with.
 
-        The gradients come from Captum's ``compute_layer_gradients_and_eval`` on :class:`Tap`
-        modules the recorded tensors pass through (a block's hidden states arrive among ``None``
-        masks, caches and keywords, which Captum's layer hooks do not accept; the probabilities
-        are no module's output). Not for a :class:`~captum_attcat.NextTokens` target: Captum's
-        utility takes one backward of one score per example, and such a target needs one backward
-        per explained token (on the graph of the one forward), so it is taken here.
+        The gradients of block states come from Captum's ``compute_layer_gradients_and_eval`` on
+        :class:`Tap` modules the states pass through (a block's hidden states arrive among ``None``
+        masks, caches and keywords, which Captum's layer hooks do not accept). Two passes take their
+        own backward instead: for a :class:`~captum_attcat.NextTokens` target, as Captum's utility
+        takes one backward of one score per example and such a target needs one per explained token
+        (on the graph of the one forward); and with attention gradients, as the utility keeps a
+        concatenated copy of every recorded tensor and of its gradient, which for attention
+        probabilities (batch x heads x seq x seq per block) adds about 1 GB at 8 x 512 tokens on
+        MiniLM (the attention-gradient methods' peak memory 2.6x -> 4.0x the floor's).
 
         Example::
 
@@ -364,11 +367,11 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
         # without hidden states to record, the first block's input still passes a tap: the gradient
         # starts there even when nothing upstream (a frozen encoder) requires grad
         recorded = adapter.blocks if block_inputs is not None else adapter.blocks[:1]
-        state_taps = [Tap(clone=per_token) for _ in recorded]
-        attention_taps = [Tap(clone=per_token) for _ in adapter.attention_modules] if attention_grads else None
-        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads, taps=attention_taps)
+        own = per_token or attention_grads or block_inputs is None  # a backward of its own (see above)
+        state_taps = [Tap(clone=own) for _ in recorded]  # Captum's hook hands the block a clone otherwise
+        recorder = AttentionRecorder(adapter.attention_modules, keep_graph=attention_grads)
         states = BlockStates(recorded, inputs=block_inputs is not False, taps=state_taps)
-        wanted = (state_taps if block_inputs is not None else []) + (attention_taps or [])
+        wanted = state_taps if block_inputs is not None else []
         handles: list = []
         explained: list[Tensor] = []
 
@@ -385,11 +388,11 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                     if attention:
                         handles = recorder.hook_outputs(adapter.hooked_attention)
                     with states:
-                        if per_token or not wanted:
+                        if own:
                             scores = scores_of(inputs, *args)
-                            taken = [tap.value for tap in wanted]
+                            taken = [tap.value for tap in wanted] + (recorder.captured() if attention_grads else [])
                             grads = per_target(lambda s, retain: torch.autograd.grad(s.sum(), taken, retain_graph=retain),
-                                               scores) if wanted else []
+                                               scores) if taken else []
                         else:  # Captum's utility, on one device: the adapter runs a DataParallel's module
                             grads = [g for (g,) in compute_layer_gradients_and_eval(
                                 scores_of, wanted, inputs, None, args, attribute_to_layer_input=False)[0]]
@@ -398,7 +401,7 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
                 for handle in handles:
                     handle.remove()
                 states.remove()
-        n_states = len(wanted) - len(attention_taps or [])
+        n_states = len(wanted)
         tokens = states.tensors[0].shape[1]  # type: ignore[union-attr]
         times, visible = 1, None
         if per_token:  # one row per explained token, sharing the forward's values

@@ -13,6 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForSeque
 import captum_attcat.base
 from captum_attcat import (
     CAT,
+    AttCAT,
     METHODS,
     AttentionAttribution,
     AttentionGradientAttribution,
@@ -58,8 +59,9 @@ def test_block_gradients_equal_captums_layer_gradient_x_activation(family: str, 
 
 
 def test_gradients_come_from_captums_layer_utility(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One call of Captum's ``compute_layer_gradients_and_eval`` per class-target pass, on the recorded
-    states and probabilities; a NextTokens target (one backward per token) takes its own."""
+    """One call of Captum's ``compute_layer_gradients_and_eval`` per class-target pass on the block
+    states; attention gradients (whose copies the utility would keep) and a NextTokens target (one
+    backward per token) take their own."""
     calls: list[int] = []
     real = captum._utils.gradient.compute_layer_gradients_and_eval
 
@@ -72,7 +74,8 @@ def test_gradients_come_from_captums_layer_utility(monkeypatch: pytest.MonkeyPat
     ids, mask = padded_batch([7, 5])
     CAT(model).attribute(ids, target=1, additional_forward_args=(mask,))
     GradSAM(model).attribute(ids, target=1, additional_forward_args=(mask,))
-    assert calls == [3, 3]  # 3 block states; 3 blocks' attention probabilities
+    AttCAT(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    assert calls == [3, 3]  # CAT's and AttCAT's 3 block states; none for GradSAM
     torch.manual_seed(0)
     causal = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=40)).eval()
     CAT(causal).attribute(ids[:1, :5], target=NextTokens([3, 4], [5, 6]))

@@ -196,20 +196,12 @@ class AttentionRecorder(AttentionHandler):
     gradients with respect to them can be taken; otherwise they are detached.
     """
 
-    def __init__(self, attention_modules: Sequence[Module], keep_graph: bool = False,
-                 taps: Sequence[Module] | None = None) -> None:
+    def __init__(self, attention_modules: Sequence[Module], keep_graph: bool = False) -> None:
         super().__init__(attention_modules)
-        self.probabilities_need_graph = keep_graph or taps is not None
+        self.probabilities_need_graph = keep_graph
         self.probabilities: list[Tensor | None] = [None] * len(attention_modules)
-        #: one :class:`~captum_attcat._utils.hooks.Tap` per block the probabilities pass through
-        #: (what multiplies V is what the tap hands on)
-        self.taps = list(taps) if taps is not None else None
 
     def on_probabilities(self, block: int, probs: Tensor) -> Tensor:
-        if self.taps is not None:
-            passed = self.taps[block](probs)
-            self.probabilities[block] = self.taps[block].value
-            return passed
         self.probabilities[block] = probs if self.probabilities_need_graph else probs.detach()
         return probs
 
@@ -239,10 +231,7 @@ class AttentionRecorder(AttentionHandler):
                         f"got {type(probs).__name__}"
                         + (f" of shape {tuple(probs.shape)}" if isinstance(probs, Tensor) else "")
                     )
-                passed = self.on_probabilities(block, probs)
-                if passed is probs:
-                    return None
-                return (*output[:-1], passed) if isinstance(output, (tuple, list)) else passed
+                self.on_probabilities(block, probs)
 
             return hook
 

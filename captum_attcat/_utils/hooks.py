@@ -25,9 +25,9 @@ from torch.nn import Module
 
 class Tap(Module):
     """An identity module a recorded tensor passes through, so that Captum's layer utilities
-    (``compute_layer_gradients_and_eval``) can hook it as a layer output: a tensor inside a
-    block's call (its hidden-states argument among ``None`` masks and caches, attention
-    probabilities) becomes the plain output of a module. ``value`` is what passed (a fresh leaf
+    (``compute_layer_gradients_and_eval``) can hook it as a layer output: a block's hidden-states
+    argument, which arrives among ``None`` masks, caches and keywords, becomes the plain output of a
+    module. ``value`` is what passed (a fresh leaf
     requiring grad when nothing upstream does); with ``clone=True`` the module hands on a clone,
     as Captum's hook does, so in-place operations downstream cannot change what was recorded.
 
