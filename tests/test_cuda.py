@@ -50,7 +50,7 @@ def test_head_statistics_on_cuda():
 
 
 def test_metrics_on_cuda():
-    from benchmarks.metrics import aopc, log_odds, precision_at_k
+    from benchmarks.metrics import Perturbation, aopc, log_odds, precision_at_k
 
     model = tiny_bert()
     ids, mask = padded_batch([9, 6, 4])
@@ -60,7 +60,7 @@ def test_metrics_on_cuda():
         model.to(device)
         fwd = lambda i, m: model(input_ids=i, attention_mask=m).logits  # noqa: E731
         args = ids.to(device), scores.to(device)
-        kw = dict(attention_mask=mask.to(device), special_token_ids=[])
+        kw = dict(attention_mask=mask.to(device), perturbation=Perturbation(special_token_ids=(), pad_token_id=0))
         return (aopc(fwd, *args, 1, **kw).cpu(), log_odds(fwd, *args, 1, **kw).cpu(),
                 precision_at_k(args[1], args[1], [1, 1, 1], [2, 2, 2], k=2)[0].cpu())
 
