@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -37,6 +36,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from ._utils.attention import AttentionRecorder, use_attention_handler
+from ._utils.forward import attention_maps
 from ._utils.hooks import BlockStates, Tap
 from ._utils.state import explanation_mode
 from ._utils.validation import (
@@ -47,7 +47,7 @@ from ._utils.validation import (
     check_token_inputs,
     check_token_mask,
 )
-from .models.adapters import TransformerAdapter
+from .models.adapters import TransformerAdapter, logits_of
 from .targets import TARGET_KINDS, AnswerSpan, NextTokens, accepts_answer_spans, target_positions
 from .maps import cls_row, token_mask_of
 
@@ -296,23 +296,10 @@ class TransformerAttribution(LayerAttribution, GradientAttribution):
             >>> run.output.softmax(-1), run.states[0], run.attentions[-1]
         """
         inputs, args, attention_mask = self.prepare_inputs(inputs, additional_forward_args)
-        adapter = self.adapter
-        attention = attention and bool(adapter.attention_modules)
-        recorder = AttentionRecorder(adapter.attention_modules)
-        recorded = BlockStates(adapter.blocks if states else [])
-        handles: list = []
-        with adapter.lock():
-            try:
-                with explanation_mode(adapter.roots, adapter.attention_configs), torch.no_grad(), \
-                        use_attention_handler(recorder) if attention else nullcontext():
-                    if attention:
-                        handles = recorder.hook_outputs(adapter.hooked_attention)
-                    with recorded:
-                        output = adapter.forward(inputs, *args)
-            finally:
-                for handle in handles:
-                    handle.remove()
-        attentions = recorder.captured() if attention else []
+        recorded = BlockStates(self.adapter.blocks if states else [])
+        output, attentions = attention_maps(self.adapter, inputs, *args, states=recorded,
+                                            attention=attention and bool(self.adapter.attention_modules))
+        output = logits_of(output)
         kept = [s.detach() for s in recorded.captured()]
         check_aligned(kept, attentions, inputs.shape[0])
         tokens = attentions[0].shape[-1] if attentions else kept[0].shape[1] if kept else inputs.shape[1]
