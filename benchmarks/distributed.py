@@ -168,6 +168,31 @@ class ShardResults:
     per_rank: list[dict[str, Any]]
     resumed: int
 
+    def timing(self, loaded: float, started: float, cpu_started: float) -> dict[str, Any]:
+        """The timing fields of the run's configuration (rank 0, after the gather): wall seconds since
+        ``started`` (``time.perf_counter()`` once the model was loaded) and since ``loaded`` (before),
+        CPU seconds summed over every rank's shards (this process's own since ``cpu_started``, its
+        shards counted once; resumed shards count their first run) and each rank's seconds."""
+        own = self.per_rank[0]["cpu_seconds"]
+        return {"seconds": round(time.perf_counter() - started, 1),
+                "cpu_seconds": round(time.process_time() - cpu_started - own
+                                     + sum(g["cpu_seconds"] for g in self.per_rank), 1),
+                "seconds_with_model_loading": round(time.perf_counter() - loaded, 1),
+                "seconds_per_rank": [round(g["seconds"], 1) for g in self.per_rank]}
+
+    def report(self, ranks: "Ranks", count: int, unit: str, details: str, seconds: float,
+               written: Sequence[Any]) -> None:
+        """Print the merged summary: one line per rank when distributed (its shards and ``unit``:
+        examples, questions), then ``count`` ``unit``, ``details`` (methods, protocols), shards,
+        processes, ``seconds`` and the files written."""
+        if ranks.distributed:
+            for r, g in enumerate(self.per_rank):
+                print(f"rank {r}: {g['explained']} shards ({g['examples']} {unit}) in {g['seconds']:.1f} s")
+        n = len(self.payloads)
+        resumed = f", {self.resumed} of {n} shards read from an earlier run" if self.resumed else ""
+        print(f"{count} {unit}, {details}, {n} shards, {ranks.world_size} process(es): {seconds:.1f} s{resumed}; "
+              f"wrote {', '.join(str(w) for w in written)}")
+
 
 def run_shards(ranks: Ranks, store: PartialResults, costs: Sequence[float],
                explain: Callable[[int, Callable[[str], None]], dict[str, Any]], *, sizes: Sequence[int],

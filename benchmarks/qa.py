@@ -446,7 +446,6 @@ def _run_squad_shards(a: Any, argv: Sequence[str] | None, ranks: Ranks, protocol
         results = merge_qa_shards(done.payloads, list(methods), protocols, k=a.k, ks=ks)
         eval_json = Path(model_path) / "eval.json"
         model_eval = json.loads(eval_json.read_text()) if eval_json.is_file() else {}
-        gathered = done.per_rank
         config = {
             "task": "squad", "data": source, "questions_read": len(examples), "questions": len(questions),
             "skipped": skipped, "limit": a.limit, "model": model_path,
@@ -457,21 +456,11 @@ def _run_squad_shards(a: Any, argv: Sequence[str] | None, ranks: Ranks, protocol
             "ig_steps": a.ig_steps, "head_mask": head_mask_source, "threads": torch.get_num_threads(),
             "device": ranks.device.type, "shards": len(shards),
             "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
-            # timing: process-seconds summed over shards (resumed shards count their first run)
-            "seconds": round(time.perf_counter() - t_run, 1),
-            "cpu_seconds": round(time.process_time() - cpu_run - gathered[0]["cpu_seconds"]  # every rank's shards
-                                 + sum(g["cpu_seconds"] for g in gathered), 1),
-            "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
-            "seconds_per_rank": [round(g["seconds"], 1) for g in gathered],
+            **done.timing(t0, t_run, cpu_run),
         }
         written = write_qa_results(out, results, config)
         print((out / "results.md").read_text())
-        if ranks.distributed:
-            for r, g in enumerate(gathered):
-                print(f"rank {r}: {g['explained']} shards ({g['examples']} questions) in {g['seconds']:.1f} s")
-        resumed = f", {done.resumed} of {len(shards)} shards read from an earlier run" if done.resumed else ""
-        print(f"{len(questions)} questions, {len(methods)} methods, {len(protocols)} protocol(s), {len(shards)} shards, "
-              f"{ranks.world_size} process(es): {config['seconds']:.1f} s{resumed}; "
-              f"wrote {', '.join(str(w) for w in written)}")
+        done.report(ranks, len(questions), "questions", f"{len(methods)} methods, {len(protocols)} protocol(s)",
+                    config["seconds"], written)
         status = exit_status(results, out, prefix="squad:")
     return finish_shards(ranks, store, status)

@@ -800,7 +800,7 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
                       sizes=[len(b.indices) for b in shards], failed=shard_failed, progress=progress)
     status = 0
     if done is not None:
-        ordered, gathered = done.payloads, done.per_rank
+        ordered = done.payloads
         results = merge_shards(ordered, list(methods), protos, a.kendall)
         eval_json = Path(model_path) / "eval.json"
         config: dict[str, Any] = {
@@ -815,23 +815,14 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
             "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
             # timing: process-seconds summed over shards (resumed shards count their first run)
             "seconds_per_protocol": {x.name: round(sum(p["seconds"][x.name] for p in ordered), 1) for x in protos},
-            "seconds": round(time.perf_counter() - t_run, 1),
-            "cpu_seconds": round(time.process_time() - cpu_run - gathered[0]["cpu_seconds"]  # every rank's shards
-                                 + sum(g["cpu_seconds"] for g in gathered), 1),
-            "seconds_with_model_loading": round(time.perf_counter() - t0, 1),
-            "seconds_per_rank": [round(g["seconds"], 1) for g in gathered],
+            **done.timing(t0, t_run, cpu_run),
             "metric_forwards": sum(p["metric_forwards"] for p in ordered),
             "metric_forwards_saved": sum(p["metric_forwards_saved"] for p in ordered),
         }
         written = write_results(out, results, config)
         print((out / "results.md").read_text())
-        if ranks.distributed:
-            for r, g in enumerate(gathered):
-                print(f"rank {r}: {g['explained']} shards ({g['examples']} examples) in {g['seconds']:.1f} s")
-        resumed = f", {done.resumed} of {len(shards)} shards read from an earlier run" if done.resumed else ""
-        print(f"{len(examples)} examples, {len(methods)} methods, {len(protos)} protocol(s), {len(shards)} shards, "
-              f"{ranks.world_size} process(es): {config['seconds']:.1f} s{resumed}; "
-              f"wrote {', '.join(str(w) for w in written)}")
+        done.report(ranks, len(examples), "examples", f"{len(methods)} methods, {len(protos)} protocol(s)",
+                    config["seconds"], written)
         status = exit_status(results, out)
     return finish_shards(ranks, store, status)  # a complete run's partial results have served
 

@@ -130,13 +130,16 @@ def test_two_gloo_processes_give_the_single_process_results(toy: dict) -> None:
     assert len(json.loads((out / "results.json").read_text())["config"]["seconds_per_rank"]) == 2
 
 
-def test_a_killed_run_resumes_where_it_stopped(toy: dict, capsys: pytest.CaptureFixture) -> None:
-    out = toy["dir"] / "killed"
-    proc = fork_run([*toy["args"], "--out", str(out)], ROOT, toy["dir"] / "killed.log")
+def kill_and_resume(args: list[str], out: Path, log: Path, changed: list[str], shards: int, seconds: float,
+                    capsys: pytest.CaptureFixture) -> None:
+    """Start the run in a forked process, SIGKILL it after its first shard, then check that a changed
+    configuration (``changed`` added) reads none of the finished shards and that the same command
+    again reads them all and finishes, leaving no partial results."""
+    proc = fork_run([*args, "--out", str(out)], ROOT, log)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + seconds
         while not list(out.glob("partial-*/shard-*.pt")):
-            assert proc.is_alive(), (toy["dir"] / "killed.log").read_text()[-2000:]
+            assert proc.is_alive(), log.read_text()[-2000:]
             assert time.monotonic() < deadline
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)  # after its first shard: no clean-up of any kind
@@ -147,21 +150,26 @@ def test_a_killed_run_resumes_where_it_stopped(toy: dict, capsys: pytest.Capture
     assert proc.exitcode == -signal.SIGKILL
     (partial,) = out.glob("partial-*")
     finished = PartialResults(partial).done()
-    assert 1 <= len(finished) < 10 and not (out / "results.json").exists()
+    assert 1 <= len(finished) < shards and not (out / "results.json").exists()
 
     threads = torch.get_num_threads()
     try:
         # a changed configuration does not read them
-        assert main([*toy["args"], "--ig-steps", "7", "--out", str(out)]) == 0
+        assert main([*args, *changed, "--out", str(out)]) == 0
         assert "read from an earlier run" not in capsys.readouterr().out
         assert partial.is_dir() and PartialResults(partial).done() == finished
         # the same command again redoes only the shards without a file
-        assert main([*toy["args"], "--out", str(out)]) == 0
+        assert main([*args, "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
-    assert f"{len(finished)} of 10 shards read from an earlier run" in capsys.readouterr().out
-    assert comparable(out) == comparable(toy["single"])
+    assert f"{len(finished)} of {shards} shards read from an earlier run" in capsys.readouterr().out
     assert not partial.exists()
+
+
+def test_a_killed_run_resumes_where_it_stopped(toy: dict, capsys: pytest.CaptureFixture) -> None:
+    out = toy["dir"] / "killed"
+    kill_and_resume(toy["args"], out, toy["dir"] / "killed.log", ["--ig-steps", "7"], 10, 60, capsys)
+    assert comparable(out) == comparable(toy["single"])
 
 
 def free_port() -> int:
@@ -327,34 +335,5 @@ def test_squad_on_two_gloo_processes_gives_the_single_process_results(qa_toy: di
 
 def test_a_killed_squad_run_resumes_where_it_stopped(qa_toy: dict, capsys: pytest.CaptureFixture) -> None:
     out = qa_toy["dir"] / "killed"
-    log = qa_toy["dir"] / "killed.log"
-    proc = fork_run([*qa_toy["args"], "--out", str(out)], ROOT, log)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("partial-*/shard-*.pt")):
-            assert proc.is_alive(), log.read_text()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        os.kill(proc.pid, signal.SIGKILL)  # after its first shard: no clean-up of any kind
-        proc.join(30)
-    finally:
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == -signal.SIGKILL
-    (partial,) = out.glob("partial-*")
-    finished = PartialResults(partial).done()
-    assert 1 <= len(finished) < 7 and not (out / "results.json").exists()
-
-    threads = torch.get_num_threads()
-    try:
-        # a changed configuration does not read them
-        assert main([*qa_toy["args"], "--k", "2", "--out", str(out)]) == 0
-        assert "read from an earlier run" not in capsys.readouterr().out
-        assert partial.is_dir() and PartialResults(partial).done() == finished
-        # the same command again redoes only the shards without a file
-        assert main([*qa_toy["args"], "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    assert f"{len(finished)} of 7 shards read from an earlier run" in capsys.readouterr().out
+    kill_and_resume(qa_toy["args"], out, qa_toy["dir"] / "killed.log", ["--k", "2"], 7, 120, capsys)
     assert comparable(out, 1) == comparable(qa_toy["single"], 1)
-    assert not partial.exists()
