@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .registry import METHODS, arguments_by_method, missing_arguments
+from .registry import METHODS, arguments_by_method, methods_to_build
 
 __all__ = [
     "EXAMPLE_SENTENCES",
@@ -193,16 +193,7 @@ def register_methods(names: Iterable[str] | None = None,
     from captum.insights.attr_vis import config
 
     init_kwargs = init_kwargs or {}
-    unknown = [n for n in (names or ()) if n not in METHODS]
-    if unknown:
-        raise KeyError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
-    missing = {n: missing_arguments(METHODS[n], init_kwargs.get(n)) for n in (sorted(METHODS) if names is None else names)}
-    if names is not None:
-        for name, needs in missing.items():
-            if needs:  # built without it the method would be another one under its name
-                argument, what = next(iter(needs.items()))
-                raise ValueError(f"{name} needs `{argument}` in init_kwargs[{name!r}]: {what}")
-    names = [n for n, needs in missing.items() if not needs]
+    names, _ = methods_to_build(names, init_kwargs)
     registry = config.ATTRIBUTION_NAMES_TO_METHODS
     clashes = [n for n in names if n in registry and getattr(registry[n], "captum_attcat_method", None) != n]
     if clashes:
@@ -381,10 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     init_kwargs = arguments_by_method({argument: {argument: value} for argument, value in given.items()})
     visualizer = text_visualizer(model, tokenizer, texts, labels, init_kwargs=init_kwargs)
-    shown = [n for n in sorted(METHODS) if not missing_arguments(METHODS[n], init_kwargs[n])]
-    left_out = {n: ", ".join(missing_arguments(METHODS[n], init_kwargs[n])) for n in sorted(METHODS) if n not in shown}
+    shown, left_out = methods_to_build(None, init_kwargs)
     print(f"Captum Insights with methods {shown} for {args.model}"
-          + "".join(f"; {n} left out (needs `{a}`)" for n, a in left_out.items()), flush=True)
+          + "".join(f"; {n} left out (needs `{', '.join(needs)}`)" for n, needs in left_out.items()), flush=True)
     visualizer.serve(blocking=True, port=args.port)
     return 0
 

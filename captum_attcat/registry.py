@@ -59,3 +59,30 @@ def arguments_by_method(given: Mapping[str, Mapping[str, Any]], names: Iterable[
     names = sorted(METHODS) if names is None else list(names)
     return {name: {key: value for argument in getattr(METHODS[name], "required_arguments", {})
                    for key, value in given.get(argument, {}).items()} for name in names}
+
+
+def methods_to_build(names: Iterable[str] | None = None,
+                     init_kwargs: Mapping[str, Mapping[str, Any]] | None = None
+                     ) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The methods a tool builds by name with ``init_kwargs``: ``names`` (default: every registered one,
+    sorted) and, left out, those whose required constructor arguments ``init_kwargs`` lacks (method ->
+    argument -> what to pass). Built without such an argument a method would be another one under its
+    name, so a method named explicitly that lacks one raises a ``ValueError`` naming it; an unknown
+    name raises a ``KeyError``.
+
+    Example::
+
+        >>> methods_to_build(None, {})[1]["MaskLRP"]
+        {'head_mask': 'a HeadMask ...'}
+    """
+    chosen = sorted(METHODS) if names is None else list(names)
+    unknown = [n for n in chosen if n not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
+    init_kwargs = init_kwargs or {}
+    missing = {n: needs for n in chosen if (needs := missing_arguments(METHODS[n], init_kwargs.get(n)))}
+    if missing and names is not None:
+        name, needs = next(iter(missing.items()))
+        argument, what = next(iter(needs.items()))
+        raise ValueError(f"{name} needs `{argument}` in init_kwargs[{name!r}]: {what}")
+    return [n for n in chosen if n not in missing], missing

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..registry import METHODS, missing_arguments
+from ..registry import METHODS, methods_to_build
 from .records import merge_subwords
 
 
@@ -124,18 +124,10 @@ def explain_text(
         ...                            methods=["AttCAT", "CAT"])
         >>> explanation.tokens[:3], explanation.scores["AttCAT"].shape
     """
-    names = sorted(METHODS) if methods is None else list(methods)
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise KeyError(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
-    if not names:
+    methods = None if methods is None else list(methods)
+    if methods == []:
         raise ValueError("`methods` is empty: name at least one method of captum_attcat.METHODS")
-    missing = {n: missing_arguments(METHODS[n], (init_kwargs or {}).get(n)) for n in names}
-    missing = {n: m for n, m in missing.items() if m}
-    if missing and methods is not None:
-        name, needs = next(iter(missing.items()))
-        argument, what = next(iter(needs.items()))
-        raise ValueError(f"{name} needs `{argument}` in init_kwargs[{name!r}]: {what}")
+    names, missing = methods_to_build(methods, init_kwargs)
     encoding = tokenizer(text, return_tensors="pt")
     device = next(model.parameters()).device
     input_ids = encoding["input_ids"].to(device)
@@ -158,7 +150,7 @@ def explain_text(
     )
     for name, needs in missing.items():
         explanation.skipped[name] = "; ".join(f"`{argument}`: {what}" for argument, what in needs.items())
-    for name in (n for n in names if n not in missing):
+    for name in names:
         explainer = METHODS[name](model, **dict((init_kwargs or {}).get(name, {})))
         scores = explainer.attribute(
             input_ids, target=target, additional_forward_args=(attention_mask,),
