@@ -70,6 +70,27 @@ def test_alpha_beta_matches_the_sign_split_formula_and_conserves():
         AlphaBetaRule(alpha=1, beta=1)
 
 
+@pytest.mark.parametrize("silent_row", [False, True])
+def test_alpha_beta_leaves_out_units_without_relevance_exactly(silent_row):
+    """Output units that receive no relevance (MaskLRP's masked heads) are left out of the products:
+    the same numbers as the sign-split formula over every unit, for both rules."""
+    x, weight, bias = _double(3, 5, 7), _double(8, 7, seed=1), _double(8, seed=2)
+    relevance = _double(3, 5, 8, seed=3)
+    relevance[..., [0, 2, 3, 5, 6, 7]] = 0  # two live units of eight
+    if silent_row:
+        relevance[0, 0] = 0  # the row looked at first says nothing
+    output = F.linear(x, weight, bias)
+    px, nx, pw, nw = x.clamp(min=0), x.clamp(max=0), weight.clamp(min=0), weight.clamp(max=0)
+    s = relevance / (F.linear(px, pw) + F.linear(nx, nw) + 1e-9)
+    torch.testing.assert_close(AlphaBetaRule().relevance(x, weight, bias, output, relevance),
+                               px * (s @ pw) + nx * (s @ nw), rtol=1e-12, atol=1e-12)
+    negative = F.linear(px, nw) + F.linear(nx, pw)
+    inhibitor = (relevance / (negative + 1e-9)) * (negative != 0)
+    torch.testing.assert_close(AlphaBetaRule(alpha=2, beta=1).relevance(x, weight, bias, output, relevance),
+                               2 * (px * (s @ pw) + nx * (s @ nw)) - (px * (inhibitor @ nw) + nx * (inhibitor @ pw)),
+                               rtol=1e-10, atol=1e-10)
+
+
 def test_alpha_beta_gives_nothing_through_units_without_positive_contributions():
     x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     weight = torch.tensor([[-1.0, 2.0], [3.0, 1.0]], dtype=torch.float64)  # unit 0: z+ = 0
@@ -500,3 +521,10 @@ def test_same_bits_compares_every_bit():
     assert not same_bits(weight, weight[:6])
     half = weight.to(torch.bfloat16)
     assert same_bits(half, half.clone()) and not same_bits(half, (half * 2).clone())
+    # the first and the last byte of the buffer, through a transposed, an offset and a strided view
+    for index in ((0, 0), (6, 4)):
+        changed = weight.clone()
+        changed[index] = torch.nextafter(changed[index], torch.tensor(10.0))
+        for view in (lambda t: t, lambda t: t.t(), lambda t: t[2:], lambda t: t[:, ::2]):
+            assert same_bits(view(weight), view(weight.clone()))
+            assert same_bits(view(weight), view(changed)) == torch.equal(view(weight), view(changed))

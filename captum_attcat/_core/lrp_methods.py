@@ -33,7 +33,7 @@ from torch.nn import Module
 from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
 from .._utils.state import explanation_mode
-from ..lrp.engine import Propagation, activation_modules, lrp_forward, normalization_modules, routing_modules
+from ..lrp.engine import Propagation, lrp_forward, pass_modules
 from ..lrp.rules import LRPRules
 from ..targets import NextTokens
 from ..base import Recording, TransformerAttribution, check_aligned, explained_scores, per_target, spread
@@ -42,10 +42,11 @@ from ..registry import register_method
 
 
 @contextlib.contextmanager
-def eager_experts(roots: Sequence[Module]) -> Iterator[None]:
-    """Mixture-of-experts layers computed by transformers' eager loop over experts (linear layers the
-    engine has rules for) rather than a fused kernel such as ``grouped_mm``, then switched back."""
-    configs = {id(m.config): m.config for root in roots for m in root.modules()
+def eager_experts(modules: Sequence[Module]) -> Iterator[None]:
+    """Mixture-of-experts layers among ``modules`` computed by transformers' eager loop over experts
+    (linear layers the engine has rules for) rather than a fused kernel such as ``grouped_mm``, then
+    switched back."""
+    configs = {id(m.config): m.config for m in modules
                if getattr(getattr(m, "config", None), "_experts_implementation", None) not in (None, "eager")}
     saved = [(config, config._experts_implementation) for config in configs.values()]
     try:
@@ -132,18 +133,19 @@ class LRPAttribution(TransformerAttribution):
             try:
                 with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
                         use_attention_handler(recorder):
-                    for root in adapter.roots:  # only tensors computed from the input carry relevance
-                        for parameter in root.parameters():
-                            parameter.requires_grad_(False)
+                    every = list({id(m): m for root in adapter.roots for m in root.modules()}.values())
+                    for module in every:
+                        for parameter in module._parameters.values():  # only tensors computed from the
+                            if parameter is not None:                  # input carry relevance
+                                parameter.requires_grad_(False)
                         # the user's backward hooks would receive relevance as if it were a gradient
-                        for module in root.modules():
-                            if module._backward_hooks or module._backward_pre_hooks:
-                                hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
-                                module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
+                        if module._backward_hooks or module._backward_pre_hooks:
+                            hooks.append((module, module._backward_hooks, module._backward_pre_hooks))
+                            module._backward_hooks, module._backward_pre_hooks = OrderedDict(), OrderedDict()
                     handles = recorder.hook_outputs(adapter.hooked_attention)
-                    whole = activation_modules(adapter.roots) + normalization_modules(adapter.roots)
-                    with states, lrp_forward(propagation, whole, start=adapter.blocks[0],
-                                             routers=routing_modules(adapter.roots)), eager_experts(adapter.roots):
+                    whole, routers = pass_modules(every)
+                    with states, lrp_forward(propagation, whole, start=adapter.blocks[0], routers=routers), \
+                            eager_experts(every):
                         output = adapter.forward(inputs, *args)
                     check_aligned(states.captured(), recorder.captured() if adapter.attention_modules else [],
                                   inputs.shape[0])

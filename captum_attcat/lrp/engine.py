@@ -940,10 +940,11 @@ def normalization_modules(roots: Sequence[Module]) -> list[Module]:
         >>> {type(m).__name__ for m in normalization_modules([llama])}  # doctest: +SKIP
         {'LlamaRMSNorm'}
     """
-    return [
-        module for root in roots for module in root.modules()
-        if type(module).__name__.endswith("Norm") and not type(module).__module__.startswith("torch.")
-    ]
+    return [module for root in roots for module in root.modules() if _is_normalization(module)]
+
+
+def _is_normalization(module: Module) -> bool:
+    return type(module).__name__.endswith("Norm") and not type(module).__module__.startswith("torch.")
 
 
 def routing_modules(roots: Sequence[Module]) -> list[Module]:
@@ -958,7 +959,24 @@ def routing_modules(roots: Sequence[Module]) -> list[Module]:
         >>> [type(m).__name__ for m in routing_modules([mixtral])][:1]  # doctest: +SKIP
         ['MixtralTopKRouter']
     """
-    return [module for root in roots for module in root.modules() if type(module).__name__.endswith("Router")]
+    return [module for root in roots for module in root.modules() if _is_router(module)]
+
+
+def _is_router(module: Module) -> bool:
+    return type(module).__name__.endswith("Router")
+
+
+def pass_modules(modules: Sequence[Module]) -> tuple[list[Module], list[Module]]:
+    """Of ``modules`` (every module of a model, walked once): those that run as one elementwise
+    operation (:func:`activation_modules`, then :func:`normalization_modules`) and the routers
+    (:func:`routing_modules`), as :func:`lrp_forward` takes them.
+
+    Example::
+
+        >>> whole, routers = pass_modules(list(model.modules()))  # doctest: +SKIP
+    """
+    whole = [m for m in modules if _is_activation(m)] + [m for m in modules if _is_normalization(m)]
+    return whole, [m for m in modules if _is_router(m)]
 
 
 def _as_router(forward: Callable[..., Any], propagation: Propagation) -> Callable[..., Any]:

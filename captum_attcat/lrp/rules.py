@@ -30,10 +30,12 @@ All relevance is computed in float32 (or wider) and returned in the input's dtyp
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -69,9 +71,31 @@ def safe_divide(numerator: Tensor, denominator: Tensor, stabilizer: float = STAB
     return quotient.masked_fill_(zero, 0)
 
 
+def _c_memcmp() -> Callable[[int, int, int], int] | None:
+    """The C library's ``memcmp`` (the fastest exact comparison of two CPU buffers), or None."""
+    try:
+        library = ctypes.CDLL(None) if sys.platform != "win32" else ctypes.cdll.msvcrt
+        memcmp = library.memcmp
+    except (OSError, AttributeError):  # pragma: no cover - every libc has memcmp
+        return None
+    memcmp.restype = ctypes.c_int
+    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return memcmp
+
+
+_MEMCMP = _c_memcmp()
+
+
+def _dense_span(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s elements fill ``numel * element_size`` bytes from its data pointer
+    (contiguous, or a transposed contiguous matrix such as ``W.t()``)."""
+    return tensor.is_contiguous() or (tensor.dim() == 2 and tensor.t().is_contiguous())
+
+
 def same_bits(a: Tensor, b: Tensor) -> bool:
     """Whether ``a`` and ``b`` hold the same bits (NaNs and signed zeros included), read once:
-    on the CPU by NumPy's vectorised comparison of integer views, elsewhere by ``torch.equal``.
+    on the CPU by the C library's ``memcmp`` of their buffers (NumPy's comparison of integer
+    views for other layouts), elsewhere by ``torch.equal`` of integer views.
 
     Example::
 
@@ -83,14 +107,31 @@ def same_bits(a: Tensor, b: Tensor) -> bool:
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
     if bits is None or a.is_complex():
         return torch.equal(a, b)
+    if a.device.type == "cpu" and _MEMCMP is not None and a.stride() == b.stride() and _dense_span(a):
+        return a.numel() == 0 or _MEMCMP(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0
     a, b = a.view(bits), b.view(bits)
     if a.device.type == "cpu":
         return bool(np.array_equal(a.numpy(), b.numpy()))
     return torch.equal(a, b)
 
 
+_WIDE = (torch.float32, torch.float64)
+
+
 def _wide(tensor: Tensor) -> Tensor:
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+    return tensor if tensor.dtype in _WIDE else tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def _live_columns(relevance: Tensor) -> Tensor | None:
+    """Indices of the output units (last dimension) of ``relevance`` that receive any, when at most
+    half of them do (MaskLRP's masked heads hand nothing to their queries, keys and values); None
+    otherwise. One row is looked at first: a row with most units live says the rest will be too."""
+    flat = relevance.reshape(-1, relevance.shape[-1])
+    units = flat.shape[-1]
+    if flat.shape[0] == 0 or units < 2 or 2 * int(torch.count_nonzero(flat[0])) > units:
+        return None
+    live = flat.ne(0).any(0).nonzero()[:, 0]
+    return None if 2 * live.shape[0] > units else live
 
 
 class LinearRule:
@@ -157,29 +198,39 @@ class AlphaBetaRule(LinearRule):
     def relevance(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, relevance: Tensor) -> Tensor:
         twice_signs, abs_w = self._split(weight)
         n = weight.shape[1]
-        x, relevance = _wide(x), _wide(relevance)
-        buffer = x.abs()
-        # (x W^T + b) + (|x| |W|^T - b) = 2 z+  and  (x W^T + b) - (|x| |W|^T - b) - 2 b = 2 z-
-        unsigned = F.linear(buffer, abs_w, None if bias is None else -_wide(bias))
-        signed = _wide(output)
+        x, relevance, signed = _wide(x), _wide(relevance), _wide(output)
+        bias = None if bias is None else _wide(bias)
+        columns = _live_columns(relevance)
+        if columns is not None:  # output units without relevance pass none on: leave them out
+            twice_signs, abs_w = twice_signs.index_select(0, columns), abs_w.index_select(0, columns)
+            relevance, signed = relevance.index_select(-1, columns), signed.index_select(-1, columns)
+            bias = None if bias is None else bias.index_select(0, columns)
+        magnitude = x.abs()
         # (factor, what x+ takes, what x- takes), from S / 2 = R / (2 z + 2 eps) (z- - eps if signed):
         # S+ W+ and S+ W- for alpha, S- W- and S- W+ for beta
         terms = []
+        twice_eps = 2 * self.stabilizer
         if self.beta:
-            twice_bias = 0 if bias is None else 2 * _wide(bias)
-            twice_neg = (signed - unsigned - twice_bias).clamp_(max=0)
-            both = safe_divide(relevance, twice_neg, 2 * self.stabilizer, self.signed) @ twice_signs
+            # (x W^T + b) + (|x| |W|^T - b) = 2 z+  and  (x W^T + b) - (|x| |W|^T - b) - 2 b = 2 z-
+            unsigned = F.linear(magnitude, abs_w, None if bias is None else -bias)
+            twice_neg = (signed - unsigned - (0 if bias is None else 2 * bias)).clamp_(max=0)
+            both = safe_divide(relevance, twice_neg, twice_eps, self.signed) @ twice_signs
             terms.append((-self.beta, both[..., n:], both[..., :n]))
+            if self.alpha:
+                twice_pos = unsigned.add_(signed).clamp_(min=0).add_(twice_eps)
+        elif self.alpha:
+            # max(2 z+, 0) + 2 eps = max(2 z+ + 2 eps, 2 eps), with 2 eps - b as the product's bias
+            shift = signed.new_full(signed.shape[-1:], twice_eps) if bias is None else bias.neg().add_(twice_eps)
+            twice_pos = F.linear(magnitude, abs_w, shift).add_(signed).clamp_(min=twice_eps)
         if self.alpha:
-            twice_pos = unsigned.add_(signed).clamp_(min=0).add_(2 * self.stabilizer)
             both = torch.div(relevance, twice_pos, out=twice_pos) @ twice_signs
             terms.append((self.alpha, both[..., :n], both[..., n:]))
         if not terms:
             return torch.zeros_like(x)
         # x+ and x- in turn in |x|'s buffer
-        pos_x = torch.clamp(x, min=0, out=buffer)
+        pos_x = torch.clamp(x, min=0, out=magnitude)
         parts = [for_pos.mul_(pos_x) for _, for_pos, _ in terms]
-        neg_x = torch.clamp(x, max=0, out=buffer)
+        neg_x = torch.clamp(x, max=0, out=magnitude)
         result = None
         for (factor, _, for_neg), part in zip(terms, parts):
             part = part.addcmul_(for_neg, neg_x)
