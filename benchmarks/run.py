@@ -441,8 +441,12 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
         rows = [r for r in results if r.protocol == proto]
         pc = config["protocols"][proto]
         secs = config.get("seconds_per_protocol", {}).get(proto)
+        peaks = [p for p in config.get("peak_rss_mib_per_rank") or [] if p is not None]
         lines += [f"## protocol `{proto}` ({rows[0].examples} examples"
-                  + (f", {secs:.0f} s" if secs is not None else "") + ")", "",
+                  + (f", {secs:.0f} s" if secs is not None else "")
+                  + (f"; run's peak resident memory {max(peaks) / 1024:.2f} GiB" + (" (largest rank)" if len(peaks) > 1
+                                                                                    else "") if peaks else "")
+                  + ")", "",
                   f"k = {', '.join(f'{k:.3g}' for k in pc['steps'])}; label: {pc['label']}; "
                   f"AOPC {'|p - p_k|' if pc['aopc_absolute'] else 'p - p_k'} with {pc['aopc_perturbation']}; "
                   f"LOdds with {pc['lodds_perturbation']}", "",
@@ -565,7 +569,7 @@ ARGUMENT_PROVIDERS: dict[str, Callable[..., tuple[dict[str, Any], str] | None]] 
 #: what to say when a provider gives nothing: argument -> the option that would give one
 ARGUMENT_OPTIONS = {"head_mask": "--head-mask FILE|auto",
                     "references": "--references FILE (labelled examples, the columns of --text-column/"
-                                  "--label-column), or a task with training data (sst2)"}
+                                  "--label-column), or a task with training data (sst2; mnli with its default model)"}
 
 
 def arguments_digest(method_kwargs: dict[str, dict[str, Any]]) -> str:
@@ -624,7 +628,7 @@ def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any
 
 def _reference_examples(a: argparse.Namespace) -> Examples | None:
     """Where ContrastCAT's reference set comes from (``--references``): a file, the task's
-    training data (``auto``: SST-2 train), or nowhere (``none``, or ``auto`` without training data)."""
+    training data (``auto``: SST-2 train; the matched MNLI subset for the default MNLI model), or nowhere (``none``, or ``auto`` without training data)."""
     if a.references == "none":
         return None
     if a.references != "auto":
@@ -633,6 +637,8 @@ def _reference_examples(a: argparse.Namespace) -> Examples | None:
         return load_file(a.references, a.text_column, a.label_column)
     if a.data is None and a.task == "sst2":
         return load_task("sst2", "train")
+    if a.data is None and a.task == "mnli" and a.model is None:  # the default MNLI model's training examples
+        return load_task("mnli", "dev")
     return None
 
 
@@ -658,7 +664,7 @@ def _load_model(spec: str | None, progress: bool, task: str = "sst2") -> tuple[A
     if spec is None:
         from .finetune import ensure_default_model
 
-        path = str(ensure_default_model(progress=progress, task="squad" if task == "squad" else "sst2"))
+        path = str(ensure_default_model(progress=progress, task=task if task in ("squad", "mnli") else "sst2"))
     else:
         path = spec
     from transformers.utils import logging as hf_logging
@@ -690,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="sst2",
                    help="sst2, mnli, imdb (ignored with --data), or squad (question answering: Precision@K; "
                         "--data then names a SQuAD-format JSON/JSONL file)")
-    p.add_argument("--split", default="dev")
+    p.add_argument("--split", default=None,
+                   help="dev (default; for --task mnli with the default model: dev_mismatched, as the model was "
+                        "fine-tuned on the matched examples)")
     p.add_argument("--methods", default="all", help="'all' or comma-separated names")
     p.add_argument("--protocol", default="paper", help=f"{', '.join(PROTOCOLS)}, a comma list, or 'all' (the same "
                    "names select the QA protocols of --task squad)")
@@ -749,6 +757,11 @@ def _run_command(a: argparse.Namespace, argv: list[str] | None) -> int:
         examples = load_file(a.data, a.text_column, a.label_column, limit=a.limit)
         task = Path(a.data).name
     else:
+        default_mnli = a.task == "mnli" and a.model is None
+        a.split = a.split or ("dev_mismatched" if default_mnli else "dev")
+        if default_mnli and a.split == "dev":
+            raise UsageError("--task mnli --split dev: the default MNLI model was fine-tuned on the matched examples; "
+                             "explain --split dev_mismatched, or pass --model with a model trained elsewhere")
         examples = load_task(a.task, a.split, limit=a.limit)
         task = a.task
     ranks = Ranks.from_environment(a.device)
@@ -764,7 +777,8 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
     on rank 0 and write them there once."""
     lead = ranks.rank == 0
     t0 = time.perf_counter()
-    model, tokenizer, model_path = ranks.first_on_each_machine(lambda: _load_model(a.model, progress and lead))
+    model, tokenizer, model_path = ranks.first_on_each_machine(
+        lambda: _load_model(a.model, progress and lead, "sst2" if a.data else a.task))
     examples = align_labels(examples, model.config)
     examples.check_labels(int(model.config.num_labels))
 

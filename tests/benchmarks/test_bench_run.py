@@ -45,6 +45,10 @@ def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert len(list(csv.DictReader(fh))) == 12
     assert "| Saliency |" in (out / "results.md").read_text()
     assert (out / "curves_paper.png").stat().st_size > 1000
+    # the run's peak resident memory, in the JSON and above each table
+    (peak,) = res["config"]["peak_rss_mib_per_rank"]
+    assert 100 < peak < 64 * 1024
+    assert f"peak resident memory {peak / 1024:.2f} GiB" in (out / "results.md").read_text()
 
     # the paper-protocol numbers equal an independent one-example-at-a-time computation
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
@@ -369,3 +373,30 @@ def test_contrast_cat_gets_a_reference_set_or_is_left_out(tmp_path: Path, tiny_m
     assert "ContrastCAT" not in methods and {"AttCAT", "AttnLRP"} <= methods
     assert main([*common, "--methods", "AttCAT", "--references", str(tmp_path / "missing.tsv"),
                  "--out", str(tmp_path / "d")]) == 0  # unused when ContrastCAT is not run
+
+
+def test_mnli_with_the_default_model_explains_the_mismatched_examples(capsys) -> None:
+    """The default MNLI model learnt the matched examples: explaining them is refused, before any
+    model is loaded or fine-tuned."""
+    assert main(["--task", "mnli", "--split", "dev", "--methods", "Random", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "fine-tuned on the matched examples" in err and "--split dev_mismatched" in err
+
+
+def test_finetune_mnli_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Three classes named as MNLI's, trained on the matched subset (pairs with their segment ids),
+    evaluated on the 1,000 mismatched examples."""
+    from transformers import AutoConfig
+
+    from benchmarks.finetune import finetune
+
+    out = finetune(tmp_path / "ft", tiny_model_dir, task="mnli", max_train=48, epochs=1, batch_size=16, max_length=32,
+                   progress=False, num_threads=1)
+    info = json.loads((out / "eval.json").read_text())
+    assert (info["task"], info["train_split"], info["dev_split"]) == ("mnli", "dev", "dev_mismatched")
+    assert info["train_examples"] == 48 and info["dev_examples"] == 1000 and info["steps"] == 3
+    assert 0 <= info["accuracy"] <= 1
+    config = AutoConfig.from_pretrained(out)
+    assert config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+    with pytest.raises(ValueError, match="classification tasks"):
+        finetune(tmp_path / "other", tiny_model_dir, task="squad")

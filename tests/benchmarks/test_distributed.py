@@ -26,7 +26,8 @@ from benchmarks.run import main
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = "good great fine bad awful dull movie film plot acting the a is was not very really fun boring , . ! it".split()
 TIMING = {"explain_seconds", "metric_seconds"}
-CONFIG_TIMING = {"seconds", "cpu_seconds", "seconds_per_protocol", "seconds_with_model_loading", "seconds_per_rank"}
+CONFIG_TIMING = {"seconds", "cpu_seconds", "seconds_per_protocol", "seconds_with_model_loading", "seconds_per_rank",
+                 "peak_rss_mib_per_rank"}
 
 
 def env() -> dict[str, str]:
