@@ -7,8 +7,6 @@ import gzip
 import re
 from pathlib import Path
 
-import pytest
-
 from benchmarks import finetune, head_mask, run
 
 GOOD = "text\tlabel\ngood fun\t1\nawful\t0\n"
