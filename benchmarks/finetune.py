@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="learning rate (default 1e-4 for sst2, 5e-5 for mnli, 1.5e-4 for squad)")
     p.add_argument("--max-train", type=int, default=None,
                    help=f"random subset of the training examples (sst2 default {DEFAULT_MAX_TRAIN} of 67,349; "
-                        "squad default all 8,595 questions of the training articles; 0 = all)")
+                        "mnli default all 1,000; squad default all 8,595 questions of the training articles; "
+                        "0 = all)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--force", action="store_true", help="fine-tune again even if the output exists")
     a = p.parse_args(argv)

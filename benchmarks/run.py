@@ -442,11 +442,11 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
         pc = config["protocols"][proto]
         secs = config.get("seconds_per_protocol", {}).get(proto)
         peaks = [p for p in config.get("peak_rss_mib_per_rank") or [] if p is not None]
+        peak = f"; run's peak resident memory {max(peaks) / 1024:.2f} GiB" if peaks else ""
+        if len(peaks) > 1:
+            peak += " (largest rank)"
         lines += [f"## protocol `{proto}` ({rows[0].examples} examples"
-                  + (f", {secs:.0f} s" if secs is not None else "")
-                  + (f"; run's peak resident memory {max(peaks) / 1024:.2f} GiB" + (" (largest rank)" if len(peaks) > 1
-                                                                                    else "") if peaks else "")
-                  + ")", "",
+                  + (f", {secs:.0f} s" if secs is not None else "") + peak + ")", "",
                   f"k = {', '.join(f'{k:.3g}' for k in pc['steps'])}; label: {pc['label']}; "
                   f"AOPC {'|p - p_k|' if pc['aopc_absolute'] else 'p - p_k'} with {pc['aopc_perturbation']}; "
                   f"LOdds with {pc['lodds_perturbation']}", "",
@@ -628,7 +628,8 @@ def method_arguments(a: argparse.Namespace, methods: dict[str, type], model: Any
 
 def _reference_examples(a: argparse.Namespace) -> Examples | None:
     """Where ContrastCAT's reference set comes from (``--references``): a file, the task's
-    training data (``auto``: SST-2 train; the matched MNLI subset for the default MNLI model), or nowhere (``none``, or ``auto`` without training data)."""
+    training data (``auto``: SST-2 train; the matched MNLI subset for the default MNLI model), or
+    nowhere (``none``, or ``auto`` without training data)."""
     if a.references == "none":
         return None
     if a.references != "auto":

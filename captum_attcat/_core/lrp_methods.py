@@ -32,7 +32,7 @@ from torch.nn import Module
 
 from .._utils.attention import AttentionRecorder, use_attention_handler
 from .._utils.hooks import BlockStates
-from .._utils.state import explanation_mode
+from .._utils.state import every_module, explanation_mode
 from ..lrp.engine import Propagation, lrp_forward, pass_modules
 from ..lrp.rules import LRPRules
 from ..targets import NextTokens
@@ -133,7 +133,7 @@ class LRPAttribution(TransformerAttribution):
             try:
                 with explanation_mode(adapter.roots, adapter.attention_configs), torch.enable_grad(), \
                         use_attention_handler(recorder):
-                    every = list({id(m): m for root in adapter.roots for m in root.modules()}.values())
+                    every = every_module(adapter.roots)
                     for module in every:
                         for parameter in module._parameters.values():  # only tensors computed from the
                             if parameter is not None:                  # input carry relevance

@@ -65,9 +65,21 @@ def explanation_mode(modules: Sequence[Module], configs: Sequence[Any]) -> Itera
             yield
 
 
+def every_module(roots: Sequence[Module]) -> list[Module]:
+    """Every module under ``roots``, each once (a module shared by two roots, or reused inside one,
+    is listed at its first place).
+
+    Example::
+
+        >>> len(every_module([model])) == len(list(model.modules()))  # doctest: +SKIP
+        True
+    """
+    return list({id(m): m for root in roots for m in root.modules()}.values())
+
+
 @contextlib.contextmanager
 def _switched(modules: Sequence[Module], configs: Sequence[Any]) -> Iterator[None]:
-    every = list({id(m): m for root in modules for m in root.modules()}.values())
+    every = every_module(modules)
     training = [m for m in every if m.training]
     flags = [(p, p.requires_grad) for m in every for p in m._parameters.values() if p is not None]
     try:
