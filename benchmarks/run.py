@@ -140,9 +140,10 @@ class _Batch:
 
 
 def _prepare(model: Any, tokenizer: Any, batch: EncodedBatch, protocols: Sequence[Protocol], task: str
-             ) -> dict[str, _Batch | None]:
+             ) -> tuple[dict[str, _Batch | None], int]:
     """Run the model once on an encoded batch, then per protocol: apply its filters, keep the
-    rows it explains (``None`` when it keeps none) and build their explanation masks."""
+    rows it explains (``None`` when it keeps none) and build their explanation masks. Also
+    returns how many of the batch's examples the model classifies right."""
     device = next(model.parameters()).device  # every batch lives where the model does
     b = dataclasses.replace(batch, input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                             labels=batch.labels.to(device))
@@ -163,7 +164,7 @@ def _prepare(model: Any, tokenizer: Any, batch: EncodedBatch, protocols: Sequenc
         targets = protocol.targets(b.labels[keep], logits[keep])
         emask = protocol.explanation_mask(ids, mask, tokenizer.cls_token_id, tokenizer.sep_token_id)
         out[protocol.name] = _Batch(ids, mask, emask, targets, types)
-    return out
+    return out, int((logits.argmax(-1) == b.labels).sum())
 
 
 def _explainer(name: str, cls: type, model: Any, given: dict[str, Any], seed: int, built: dict[str, Any] | None
@@ -206,7 +207,8 @@ def explain_shard(
     Returns plain data (CPU tensors, numbers, strings: what :class:`benchmarks.resume.PartialResults`
     stores): ``{"protocols": {protocol: {method: {"examples", "aopc", "lodds", "aopc_curve",
     "lodds_curve", "kendall_tau", "explain_seconds", "metric_seconds", "error"}}},
-    "seconds": {protocol: s}, "metric_forwards": n, "metric_forwards_saved": n}``, per-example
+    "seconds": {protocol: s}, "metric_forwards": n, "metric_forwards_saved": n, "correct": n}``
+    (``correct``: the shard's examples the model classifies right), per-example
     values in the batch's row order. The result depends only on the shard and ``seed`` (methods
     that take a ``seed`` get it), never on what else the process explains. ``on_method(protocol,
     method)`` is called before each method (progress). Pass the same ``explainers`` dict to
@@ -226,8 +228,8 @@ def explain_shard(
     def forward(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=mask, **token_type_kwargs(types)).logits
 
-    prepared = _prepare(model, tokenizer, batch, protocols, task)
-    out: dict[str, Any] = {"protocols": {}, "seconds": {}}
+    prepared, correct = _prepare(model, tokenizer, batch, protocols, task)
+    out: dict[str, Any] = {"protocols": {}, "seconds": {}, "correct": correct}
     for protocol in protocols:
         t_protocol = time.perf_counter()
         b = prepared[protocol.name]
@@ -436,6 +438,9 @@ def write_results(out_dir: Path, results: Sequence[MethodResult], config: dict[s
         if failed:
             lines += ["These methods failed and are not in the tables below:", ""]
             lines += [f"- `{r.protocol}:{r.method}`: {r.error}" for r in failed] + [""]
+    if config.get("model_accuracy") is not None:
+        lines += [f"The model classifies {100 * config['model_accuracy']:.1f} % of the {config.get('examples')} "
+                  "examples right.", ""]
     kendall = any(r.kendall_tau is not None for r in results)
     for proto in dict.fromkeys(r.protocol for r in results):
         rows = [r for r in results if r.protocol == proto]
@@ -822,7 +827,9 @@ def _run_shards(a: argparse.Namespace, argv: list[str] | None, ranks: Ranks, pro
             "task": task, "split": None if a.data else a.split, "data": a.data,
             "text_column": a.text_column if a.data else None, "label_column": a.label_column if a.data else None,
             "examples": len(examples), "limit": a.limit, "model": model_path,
-            "model_accuracy": json.loads(eval_json.read_text()).get("accuracy") if eval_json.is_file() else None,
+            # on the explained examples; ``model_eval``: what the model's own evaluation says (its task's dev set)
+            "model_accuracy": round(sum(p["correct"] for p in ordered) / len(examples), 4),
+            "model_eval": json.loads(eval_json.read_text()) if eval_json.is_file() else None,
             "methods": list(methods), "protocols": {x.name: x.to_dict() for x in protos},
             "batch_size": a.batch_size, "max_tokens": a.max_tokens, "kendall": a.kendall,
             "threads": torch.get_num_threads(), "device": ranks.device.type,

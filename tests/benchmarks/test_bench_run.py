@@ -54,12 +54,13 @@ def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     fwd = lambda i, m: model(input_ids=i, attention_mask=m).logits  # noqa: E731
-    a_vals, l_vals = [], []
-    for text, _ in ROWS[:6]:
+    a_vals, l_vals, right = [], [], 0
+    for text, label in ROWS[:6]:
         ids = torch.tensor([tok(text)["input_ids"]])
         mask = torch.ones_like(ids)
         with torch.no_grad():
             pred = int(fwd(ids, mask).argmax())
+        right += pred == label
         scores = SaliencyEmbeddings(model).attribute(ids, target=pred, additional_forward_args=(mask,))
         # [CLS], [SEP], [PAD] never ranked: the tokenizer's own special tokens
         how = Perturbation(special_token_ids=(tok.cls_token_id, tok.sep_token_id, tok.pad_token_id),
@@ -70,6 +71,10 @@ def test_runner_on_unseen_tsv(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert rows[("paper", "Saliency")]["lodds"] == pytest.approx(sum(l_vals) / 6, abs=1e-5)
     curves = res["curves"]["paper/Saliency"]
     assert curves["aopc"][0] == 0.0 and len(curves["aopc"]) == 11
+    # the model's accuracy on the examples explained (not the one its own evaluation recorded)
+    assert res["config"]["model_accuracy"] == round(right / 6, 4)
+    assert res["config"]["model_eval"] is None  # a model directory without an eval.json
+    assert f"classifies {100 * right / 6:.1f} % of the 6 examples right" in (out / "results.md").read_text()
 
 
 def test_runner_rejects_labels_outside_the_model(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
